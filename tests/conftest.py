@@ -1,0 +1,28 @@
+import os
+
+import numpy as np
+import pytest
+
+# Tests never touch the network; hub ids must fail fast with the offline message.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SR = 16_000
+
+
+def tone_mix(seconds: float, seed: int = 0) -> np.ndarray:
+    """A deterministic non-stationary test signal: chirp + tone bursts + noise, float32 at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    chirp = 0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t)
+    bursts = 0.2 * np.sin(2 * np.pi * 880 * t) * (np.sin(2 * np.pi * 0.5 * t) > 0.6)
+    return (chirp + bursts + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """One tiny random checkpoint of each layout, written by afnext.testing."""
+    from afnext.testing import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    return {kind: make_tiny_checkpoint(root / kind, kind=kind, seed=1) for kind in ("afnext", "af3")}
