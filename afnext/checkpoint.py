@@ -120,6 +120,27 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({exc})") from None
 
 
+def _tensor_names(file: Path) -> list[str]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{file}: cannot read safetensors file ({exc})") from None
+
+
+def _read_tensor(file: Path, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One tensor, cast and placed. Same dtype on CPU stays a zero-copy view of the memory map; a cast
+    maps the file only for this tensor, so the source pages are released before the next one."""
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            t = f.get_tensor(key)
+            if t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+    except Exception as exc:
+        raise CheckpointError(f"{file}: cannot read tensor {key} ({exc})") from None
+    return t
+
+
 def load_model(ref: str | os.PathLike, *, dtype=None, device=None, revision: str | None = None) -> AFNext:
     model_dir = resolve_model_dir(ref, revision=revision)
     config = AFNextConfig.from_dir(model_dir)
@@ -133,19 +154,12 @@ def load_model(ref: str | os.PathLike, *, dtype=None, device=None, revision: str
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for file in weight_files(model_dir):
-        try:
-            with safe_open(str(file), framework="pt", device=str(device)) as f:
-                for key in f.keys():
-                    ours = to_afnext_key(key)
-                    if ours is None or ours not in expected:
-                        unexpected.append(key)
-                        continue
-                    t = f.get_tensor(key)
-                    state[ours] = t.to(dtype) if t.is_floating_point() else t
-        except (OSError, RuntimeError) as exc:
-            if isinstance(exc, CheckpointError):
-                raise
-            raise CheckpointError(f"{file}: cannot read safetensors file ({exc})") from None
+        for key in _tensor_names(file):
+            ours = to_afnext_key(key)
+            if ours is None or ours not in expected:
+                unexpected.append(key)
+                continue
+            state[ours] = _read_tensor(file, key, dtype, device)
     missing = sorted(expected - state.keys())
     if missing or unexpected:
         parts = []
@@ -154,10 +168,14 @@ def load_model(ref: str | os.PathLike, *, dtype=None, device=None, revision: str
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{model_dir}: weights do not match config.json: {'; '.join(parts)}")
-    try:
-        model.load_state_dict(state, strict=not config.llm.tie_word_embeddings, assign=True)
-    except RuntimeError as exc:  # shape mismatches: the weights belong to another config
-        raise CheckpointError(f"{model_dir}: weights do not match config.json: {exc}") from None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [k for k, t in state.items() if tuple(t.shape) != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise CheckpointError(f"{model_dir}: weights do not match config.json: {k} has shape {tuple(state[k].shape)} "
+                              f"in the file, the config implies {shapes[k]}{more}")
+    model.load_state_dict(state, strict=not config.llm.tie_word_embeddings, assign=True)
     if config.llm.tie_word_embeddings:
         model.lm_head.weight = model.llm.embed_tokens.weight
     model.encoder.embed_positions.requires_grad_(False)

@@ -29,6 +29,7 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import jinja2
 import jinja2.ext
@@ -240,7 +241,11 @@ class Processor:
         return enc if return_dict else enc["input_ids"]
 
     # --- decoding ------------------------------------------------------------------------------------
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+    def decode(self, ids, skip_special_tokens: bool = True) -> str | list[str]:
+        """One sequence -> str; a batch (2-D tensor or list of lists) -> list[str], as transformers does."""
+        nested = isinstance(ids, (list, tuple)) and len(ids) > 0 and isinstance(ids[0], (list, tuple))
+        if nested or getattr(ids, "ndim", 1) == 2:
+            return self.batch_decode(ids, skip_special_tokens=skip_special_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
@@ -284,7 +289,7 @@ def _audio_source(item, index: int):
 def _local_path(ref) -> str:
     ref = os.fspath(ref)
     if ref.startswith("file://"):
-        return ref[len("file://"):]
+        return unquote(urlparse(ref).path)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", ref):
         raise A.AudioError(f"{ref}: remote audio URLs are not fetched; download the file and pass its local path")
     return ref

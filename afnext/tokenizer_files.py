@@ -7,15 +7,17 @@ Qwen puts its specials after the BPE entries. The pipeline must be Qwen2's verba
 `Qwen2Tokenizer` rebuilds the backend from tokenizer.json's vocab/merges with its own normalizer and
 pre-tokenizer, so any other pipeline would tokenise differently there and break parity tests.
 
-`write_tokenizer_files` writes the five files that `MusicFlamingoProcessor.save_pretrained` (AF-Next) or
-`AudioFlamingo3Processor.save_pretrained` (AF3) write in transformers 5.23, with the same keys, so that
-`transformers.AutoProcessor.from_pretrained(dir)` loads the directory (given a config.json naming the model
-type) and renders with the same chat template as `afnext.processor.Processor`.
+`write_tokenizer_files` writes what `MusicFlamingoProcessor.save_pretrained` (AF-Next) or
+`AudioFlamingo3Processor.save_pretrained` (AF3) write in transformers 5.23 (tokenizer.json,
+tokenizer_config.json, chat_template.jinja, processor_config.json with the feature extractor nested in it),
+plus the legacy preprocessor_config.json, so that `transformers.AutoProcessor.from_pretrained(dir)` loads the
+directory (given a config.json naming the model type) and renders the same chat template as
+`afnext.processor.Processor`.
 
-Think tags: Qwen2.5 has no `<think>` token and the released AF-Next checkpoints add only the sound tokens,
-so the Think model writes `<think>` as ordinary text. We add `<think>`/`</think>` as *non-special* added
-tokens: they stay atomic (easy to find in ids) yet survive `skip_special_tokens=True` decoding, which is what
-the reasoning parser needs (Qwen3 treats them the same way).
+Think tags: Qwen2.5's vocabulary has no `<think>` token, so unless a checkpoint adds one the Think model
+writes it as ordinary BPE text, and `skip_special_tokens=True` decoding keeps it either way. We add
+`<think>`/`</think>` as *non-special* added tokens (as Qwen3 does): atomic, so easy to spot in ids, yet kept
+by `skip_special_tokens=True`, which the reasoning parser relies on.
 """
 
 from __future__ import annotations

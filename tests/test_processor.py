@@ -217,9 +217,12 @@ def test_audio_sources_and_errors(procs, tmp_path):
     path = tmp_path / "clip.wav"
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(SR), w.writeframes(pcm.tobytes())
-    from_array = ours("<sound>", audio=pcm.astype(np.float32) / 32768)
-    for item in (str(path), path, path.read_bytes(), f"file://{path}", (pcm.astype(np.float32) / 32768, SR),
-                 {"array": pcm.astype(np.float32) / 32768, "sampling_rate": SR}):
+    floats = pcm.astype(np.float32) / 32768
+    from_array = ours("<sound>", audio=floats)
+    spaced = tmp_path / "my clip.wav"
+    spaced.write_bytes(path.read_bytes())
+    file_url = "file://" + str(spaced).replace(" ", "%20")
+    for item in (str(path), path, path.read_bytes(), file_url, (floats, SR), {"array": floats, "sampling_rate": SR}):
         out = ours("<sound>", audio=[item])
         assert torch.equal(out["input_ids"], from_array["input_ids"])
         torch.testing.assert_close(out["input_features"], from_array["input_features"], atol=1e-5, rtol=0)
@@ -230,7 +233,7 @@ def test_audio_sources_and_errors(procs, tmp_path):
     with pytest.raises(AudioError, match="not fetched"):
         ours.apply_chat_template([{"role": "user", "content": [{"type": "audio", "url": "https://x.org/a.wav"}]}])
     with pytest.raises(AudioError, match="<audio 1>"):
-        ours("<sound><sound>", audio=[pcm.astype(np.float32), np.zeros(0, np.float32)])
+        ours("<sound><sound>", audio=[floats, np.zeros(0, np.float32)])
 
 
 def test_too_long_audio(procs):
@@ -273,6 +276,7 @@ def test_decode_and_batch_encoding(procs):
     assert isinstance(out, BatchEncoding) and out.input_ids is out["input_ids"]
     assert ours.batch_decode(out.input_ids) == ref.batch_decode(out["input_ids"], skip_special_tokens=True)
     assert ours.batch_decode(out.input_ids) == ["assistant\nLe café 中文 🎵", "ok"]
+    assert ours.decode(out.input_ids) == ours.batch_decode(out.input_ids.tolist())
     assert ours.decode(out.input_ids[1], skip_special_tokens=False).startswith("<|endoftext|>")
     moved = out.to("cpu", dtype=torch.float16)
     assert moved.input_ids.dtype == torch.long  # dtype applies to floating tensors only
