@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -40,9 +42,29 @@ SystemOpt = Annotated[Optional[str], typer.Option("--system", help="Replace the 
 AudioArgs = Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, mp3, ogg, opus, m4a, webm, ...)", show_default=False)]
 
 
+def _error_line(message: str) -> str:
+    # Escaped (a path like "a[/x].wav" is not markup) and never wrapped: one error, one line.
+    # The library's duration error names its keyword argument; the CLI's equivalent is --truncate.
+    return f"[bold red]error:[/] {escape(str(message).replace('truncate=True', '--truncate'))}"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # Library warnings (e.g. audio truncated) are user information: one line, no source location.
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+warnings.showwarning = _show_warning
+
+
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(_error_line(message), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _emit(text: str) -> None:
+    """Write generated text verbatim (rich would expand tabs, strip control codes and turn :smile: into emoji)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _user_errors():
@@ -112,7 +134,7 @@ def _run_once(audio: list[Path], prompt: str, *, model, variant, device, dtype, 
         def on_delta(d: str) -> None:
             streamed.append(d)
             if not as_json:
-                out.print(d, end="", markup=False)
+                _emit(d)
 
         with bar:
             answer = assistant.ask(clips, prompt, system=system, on_delta=on_delta,
@@ -166,8 +188,12 @@ def caption(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Override the caption prompt")] = None,
 ) -> None:
     """Write a detailed, timestamped caption (defaults to the Captioner checkpoint)."""
+    try:
+        prompt = prompt or get_variant(variant).caption_prompt
+    except ValueError as exc:
+        _fail(str(exc))
     for path in audio:
-        _run_once([path], prompt or get_variant(variant).caption_prompt, model=model, variant=variant, device=device,
+        _run_once([path], prompt, model=model, variant=variant, device=device,
                   dtype=dtype, as_json=as_json, max_new_tokens=max_new_tokens, temperature=None, top_p=None,
                   top_k=None, repetition_penalty=None, seed=None, truncate=truncate, system=None)
 
@@ -207,17 +233,17 @@ def chat(
             try:
                 pending += load_clips([line[7:].strip()], max_windows=assistant.processor.max_windows, truncate=truncate)
             except _user_errors() as exc:
-                err.print(f"[red]error:[/] {exc}")
+                err.print(_error_line(exc), highlight=False, soft_wrap=True)
             continue
         content = [{"type": "audio"} for _ in pending] + [{"type": "text", "text": line}]
         turn_clips = clips + pending
         out.print("assistant> ", end="")
         try:
             answer = assistant.respond(messages + [{"role": "user", "content": content}], turn_clips,
-                                       on_delta=lambda d: out.print(d, end="", markup=False),
+                                       on_delta=_emit,
                                        max_new_tokens=max_new_tokens)
         except _user_errors() as exc:
-            err.print(f"\n[red]error:[/] {exc}")
+            err.print("\n" + _error_line(exc), highlight=False, soft_wrap=True)
             continue
         out.print()
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer.text}]

@@ -38,6 +38,14 @@ class GenerationConfig:
     pad_token_id: int | None = None
     stop_strings: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Normalise and check on construction, not only in from_model: a config built directly was
+        # never validated (max_new_tokens=0 returned nothing, top_p=0 silently decoded greedily), and a
+        # plain string as stop_strings was iterated as single characters ("px" stopped at any "p").
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = [self.stop_strings]
+        self.validate()
+
     @classmethod
     def from_model(cls, model: AFNext, **overrides) -> "GenerationConfig":
         """Defaults from the checkpoint's generation_config.json, then `overrides` (None values ignored)."""
@@ -47,11 +55,7 @@ class GenerationConfig:
             raise TypeError(f"unknown generation option(s): {', '.join(unknown)}")
         base = {k: v for k, v in (model.generation_defaults or {}).items() if k in names}
         base.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = cls(**base)
-        if isinstance(cfg.stop_strings, str):
-            cfg.stop_strings = [cfg.stop_strings]
-        cfg.validate()
-        return cfg
+        return cls(**base)
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -101,6 +105,10 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+class _Cancelled(Exception):
+    """Raised inside generation when a streaming consumer has gone away."""
 
 
 def _pending_stop_prefix(text: str, stops: list[str]) -> int:
@@ -219,10 +227,18 @@ class Engine:
         q: queue.Queue = queue.Queue()
         done = object()
         box: dict = {}
+        cancelled = threading.Event()
+
+        def on_delta(_row: int, delta: str) -> None:
+            if cancelled.is_set():  # the consumer stopped reading: end generation at this token
+                raise _Cancelled
+            q.put(delta)
 
         def work():
             try:
-                box["result"] = self.generate(inputs, config, on_delta=lambda _r, d: q.put(d), **kw)[0]
+                box["result"] = self.generate(inputs, config, on_delta=on_delta, **kw)[0]
+            except _Cancelled:
+                pass
             except BaseException as exc:  # surfaced in the consumer's thread
                 box["error"] = exc
             finally:
@@ -230,8 +246,11 @@ class Engine:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        while (item := q.get()) is not done:
-            yield item
+        try:
+            while (item := q.get()) is not done:
+                yield item
+        finally:
+            cancelled.set()
         thread.join()
         if "error" in box:
             raise box["error"]
@@ -271,10 +290,16 @@ class Engine:
         eos = torch.tensor(cfg.eos_ids(model), dtype=torch.long, device=dev)
         seen = torch.zeros(b, model.config.llm.vocab_size, dtype=torch.bool, device=dev)
         if cfg.repetition_penalty != 1.0:
-            seen.scatter_(1, ids.masked_fill(mask == 0, 0), mask.bool())
+            # Index only the real tokens. (Was scatter_ with padding mapped to id 0 writing False: with
+            # duplicate indices which write wins is undefined (nondeterministic on CUDA), so a padded
+            # row whose prompt holds id 0 could lose that token's penalty.)
+            rows, cols = mask.nonzero(as_tuple=True)
+            seen[rows, ids[rows, cols]] = True
         generators = None
         if cfg.do_sample:
             seeds = cfg.seed if isinstance(cfg.seed, list) else [cfg.seed] * b
+            if len(seeds) != b:
+                raise ValueError(f"seed is a list of {len(seeds)} values for a batch of {b} requests; give one per row")
             generators = []
             for s in seeds:
                 g = torch.Generator(device=dev)
