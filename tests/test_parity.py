@@ -152,3 +152,19 @@ def test_sharded_save_loads(pair, tmp_path):
         assert torch.equal(a, b), name
     reloaded = type(ref).from_pretrained(tmp_path)
     torch.testing.assert_close(reloaded.lm_head.weight, ref.lm_head.weight, atol=0, rtol=0)
+
+
+def test_zero_token_tail_window_belongs_to_its_own_audio():
+    """A clip ending <= 20 ms past a 30-s boundary gets a last window with no tokens. It must not shift the
+    next audio's window indices (the reference assigns it to the next audio, a 30-s timestamp error)."""
+    from afnext.model.rote import window_index_per_row
+
+    sound = 9
+    ids = torch.tensor([[1, 2] + [sound] * 750 + [3, 2] + [sound] * 75 + [3]])
+    index = window_index_per_row(ids, sound, torch.tensor([750, 0, 75]))
+    assert index.tolist() == [0, 1, 0]
+    # the ordinary cases are unchanged
+    ids = torch.tensor([[2] + [sound] * 1500 + [3, 2] + [sound] * 125 + [3]])
+    assert window_index_per_row(ids, sound, torch.tensor([750, 750, 125])).tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="does not line up with whole 30-s windows"):
+        window_index_per_row(ids, sound, torch.tensor([750, 700, 175]))

@@ -107,6 +107,12 @@ def window_index_per_row(
                 f"an audio placeholder run of {run} tokens does not line up with whole 30-s windows "
                 f"(windows cover {covered}); each audio needs its own <sound> run"
             )
-    # A last window shorter than 3 mel frames yields no token; it belongs to the last audio.
-    index.extend(range(k, k + len(counts) - row))
+        # A last window shorter than 3 mel frames (<= 20 ms of audio) yields no token. It is the tail of
+        # the audio just covered, so it takes this audio's next index. (The reference hands it to the
+        # *next* audio, whose real windows then start at index 1 and land 30 s late in time; the zero-token
+        # window itself contributes nothing, so only this ownership differs.)
+        while row < len(counts) and counts[row] == 0:
+            index.append(k)
+            k, row = k + 1, row + 1
+    index.extend(range(k, k + len(counts) - row))  # no runs at all: zero-token windows only
     return torch.tensor(index, dtype=torch.long, device=tokens_per_row.device)

@@ -1,0 +1,1 @@
+"""Training data: manifests, mixtures, sample construction (tokenize) and sequence packing."""
