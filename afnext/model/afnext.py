@@ -152,8 +152,11 @@ class AFNext(nn.Module):
         cache: KVCache | None = None,
         cu_seqlens: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        logits_index: torch.Tensor | None = None,
         **unused,
     ) -> ModelOutput:
+        """`logits_index` (1-D, into the flattened (B*T) positions) computes logits only there: training
+        needs them at labelled positions only, and full logits at 128K tokens x 152K vocab do not fit."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
@@ -176,11 +179,13 @@ class AFNext(nn.Module):
             if not bool(attention_mask.all()):
                 key_padding = attention_mask.bool()
         hidden = self.llm(inputs_embeds, position_ids.to(self.device), key_padding, cache, cu_seqlens)
-        if logits_to_keep:
+        if logits_index is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1])[logits_index.to(self.device)]
+        elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = None
-        if labels is not None:
+        if labels is not None and logits_index is None:
             loss = causal_lm_loss(logits, labels.to(self.device))
         return ModelOutput(logits=logits, loss=loss, audio_embeds=audio_embeds, cache=cache)
 

@@ -1,0 +1,33 @@
+"""FSDP2 (`fully_shard`) for AF-Next, applied to a constructed model from outside.
+
+Each encoder layer and each decoder layer is its own FSDP unit (parameters all-gathered just before
+the layer runs and freed after), and the root unit holds the rest (convs, positions, adapter, token
+embeddings, final norm, LM head). Model code is untouched.
+
+Every rank must run every unit in every micro-batch, or the all-gathers of the ranks stop matching
+and the job hangs; the trainer guarantees that (a text-only micro-batch still runs the encoder on a
+silent window, contributing 0 to the loss).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from afnext.model.afnext import AFNext
+
+
+def data_parallel_mesh(device_type: str, world_size: int) -> DeviceMesh:
+    return init_device_mesh(device_type, (world_size,), mesh_dim_names=("dp",))
+
+
+def apply_fsdp(model: AFNext, mesh: DeviceMesh, *, param_dtype: torch.dtype | None = None,
+               reshard_after_forward: bool = True) -> AFNext:
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
+    for layer in model.encoder.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for layer in model.llm.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    return model

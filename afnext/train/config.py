@@ -1,0 +1,210 @@
+"""Stage configuration: one reviewable TOML file per curriculum stage, overridable from the command line.
+
+Every field has a default, so a stage file only says what makes that stage different. `--set
+optim.max_steps=20` style overrides are parsed as TOML values (numbers, booleans, lists, inline
+tables), falling back to plain strings, and unknown keys are errors: a typo must not silently train
+the wrong thing. The resolved configuration is written into the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GROUPS = ("encoder", "adapter", "llm")
+POLICIES = ("train", "frozen", "lora")
+
+
+class TrainConfigError(ValueError):
+    """A stage configuration is malformed or inconsistent."""
+
+
+@dataclass
+class RunConfig:
+    stage: str = "custom"
+    out_dir: str = "runs/custom"
+    # An HF-format checkpoint directory, a previous stage's run directory (its final export is used),
+    # or "scratch" (build from [model] with random weights: stage 0 of a nano run).
+    init: str = "scratch"
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Shape used only when run.init == "scratch"; otherwise the checkpoint's config rules."""
+
+    encoder_hidden: int = 128
+    encoder_layers: int = 4
+    encoder_heads: int = 4
+    encoder_ffn: int = 512
+    llm_hidden: int = 256
+    llm_layers: int = 4
+    llm_heads: int = 4
+    llm_kv_heads: int = 2
+    llm_ffn: int = 768
+    rope_theta: float = 15.3e6
+    rote: bool = True  # False trains the AF3 layout (no rotary time embedding): the ablation switch
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    registry: str = ""
+    mixture: str = "train"
+    processor: str = ""  # tokenizer/processor directory; default: the init checkpoint
+    max_audio_s: float = 30.0
+    max_tokens: int = 8192
+    cap_policy: str = "drop"  # drop | truncate
+    token_budget: int = 8192  # tokens per packed micro-batch
+    global_batch: int = 16  # samples per optimizer step, summed over data-parallel ranks
+    system_prompt: str = ""  # empty: the chat template's default
+
+
+@dataclass
+class OptimConfig:
+    freeze: dict[str, str] = field(default_factory=lambda: {"encoder": "train", "adapter": "train", "llm": "train"})
+    lr: dict[str, float] = field(default_factory=lambda: {"encoder": 1e-4, "adapter": 1e-4, "llm": 1e-4})
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    max_steps: int = 100
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class SystemConfig:
+    autocast: str = "none"  # none | bf16 | fp16 (fp16 only on GPU)
+    activation_checkpointing: bool = False
+    save_every: int = 0  # steps; 0 = only the final checkpoint
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    sp_ulysses: int = 1
+    sp_ring: int = 1
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+        cfg = cls()
+        for section, values in d.items():
+            if section not in _SECTIONS:
+                raise TrainConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(_SECTIONS)}")
+            if not isinstance(values, dict):
+                raise TrainConfigError(f"{source}: [{section}] must be a table")
+            target = getattr(cfg, section)
+            for key, value in values.items():
+                _assign(target, section, key, value, source)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
+        p = Path(path)
+        try:
+            d = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TrainConfigError(f"{p}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise TrainConfigError(f"{p}: invalid TOML ({exc})") from None
+        for item in overrides:
+            apply_override(d, item)
+        return cls.from_dict(d, source=str(p))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def validate(self, source: str = "config") -> None:
+        o = self.optim
+        for name in GROUPS:
+            if o.freeze.get(name, "train") not in POLICIES:
+                raise TrainConfigError(f"{source}: optim.freeze.{name} = {o.freeze[name]!r}; use one of {', '.join(POLICIES)}")
+        for name in set(o.freeze) | set(o.lr):
+            if name not in GROUPS:
+                raise TrainConfigError(f"{source}: unknown module group {name!r}; groups are {', '.join(GROUPS)}")
+        if o.freeze.get("encoder") == "lora" or o.freeze.get("adapter") == "lora":
+            raise TrainConfigError(f"{source}: LoRA is supported on the llm group only")
+        if all(o.freeze.get(g, "train") == "frozen" for g in GROUPS):
+            raise TrainConfigError(f"{source}: every module group is frozen; nothing would train")
+        if o.max_steps < 1:
+            raise TrainConfigError(f"{source}: optim.max_steps must be >= 1")
+        if not 0 <= o.warmup_ratio < 1:
+            raise TrainConfigError(f"{source}: optim.warmup_ratio must be in [0, 1)")
+        if self.data.cap_policy not in ("drop", "truncate"):
+            raise TrainConfigError(f"{source}: data.cap_policy must be 'drop' or 'truncate'")
+        if self.data.max_tokens > self.data.token_budget:
+            raise TrainConfigError(f"{source}: data.max_tokens ({self.data.max_tokens}) exceeds data.token_budget "
+                                   f"({self.data.token_budget}); a capped sample must fit one micro-batch")
+        if self.data.global_batch < 1:
+            raise TrainConfigError(f"{source}: data.global_batch must be >= 1")
+        if self.system.autocast not in ("none", "bf16", "fp16"):
+            raise TrainConfigError(f"{source}: system.autocast must be none, bf16 or fp16")
+        if not self.data.registry:
+            raise TrainConfigError(f"{source}: data.registry is required (a registry TOML, see afnext.data.mixture)")
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _assign(target, section: str, key: str, value: Any, source: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(target)}
+    if key not in names:
+        raise TrainConfigError(f"{source}: unknown key {section}.{key}; valid keys: {', '.join(names)}")
+    current = getattr(target, key)
+    if isinstance(current, dict) and isinstance(value, dict):
+        value = {**current, **value}
+    elif isinstance(current, bool) != isinstance(value, bool):
+        raise TrainConfigError(f"{source}: {section}.{key} must be a boolean, got {value!r}")
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TrainConfigError(f"{source}: {section}.{key} must be a number, got {value!r}")
+        if isinstance(current, int):
+            if not float(value).is_integer():
+                raise TrainConfigError(f"{source}: {section}.{key} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise TrainConfigError(f"{source}: {section}.{key} must be a string, got {value!r}")
+    elif isinstance(current, list) and not isinstance(value, list):
+        raise TrainConfigError(f"{source}: {section}.{key} must be a list, got {value!r}")
+    setattr(target, key, value)
+
+
+def apply_override(d: dict, item: str) -> None:
+    """`section.key=value` or `section.key.sub=value`, value parsed as TOML when it parses."""
+    if "=" not in item:
+        raise TrainConfigError(f"--set {item!r}: expected section.key=value")
+    path, raw = item.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) < 2:
+        raise TrainConfigError(f"--set {item!r}: expected section.key=value (e.g. optim.max_steps=20)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    node = d
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"--set {item!r}: {part} is not a table")
+    node[parts[-1]] = value

@@ -1,0 +1,400 @@
+"""The training loop: mixture -> samples (caps, loss masks) -> packed micro-batches -> loss -> AdamW.
+
+Loss normalisation. A step's loss is the sum of next-token NLL over every labelled token of the
+global batch divided by the global count of labelled tokens (all-reduced before the first backward).
+Each micro-batch backpropagates its NLL sum / global count, scaled by the world size because FSDP
+averages gradients over ranks. The result does not depend on how samples are split into micro-
+batches or across ranks, so a 2-process run equals a 1-process run of the same global batch up to
+floating-point summation order (tested).
+
+Data-parallel sampling. Step s uses global sample positions [s*B, (s+1)*B) of the mixture's epoch
+order; rank r takes the positions congruent to r mod world (MixtureSampler), so no sample is seen
+twice and the set per step is independent of the world size. Ranks then pack their own samples
+(best-fit into `token_budget`) and agree on the number of micro-batches, padding with empty ones.
+
+Stage 0 ("scratch"): a nano model is built from [model] with random weights and the corpus tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from afnext.checkpoint import save_model
+from afnext.config import AF3_MODEL_TYPE, AFNEXT_MODEL_TYPE, AFNextConfig, EncoderConfig, LLMConfig, RoTEConfig
+from afnext.data.loader import ManifestDataset, SkippingLoader
+from afnext.data.mixture import MixtureSampler, Registry, build_mixture
+from afnext.data.packing import best_fit_pack, collate_packed
+from afnext.data.tokenize import DropCounter, StageCaps, TrainSample, encode_sample
+from afnext.model.afnext import IGNORE_INDEX, AFNext
+from afnext.processor import Processor
+from afnext.tokenizer import TextTokenizer
+from afnext.tokenizer_files import write_tokenizer_files
+from afnext.train import state as ckpt
+from afnext.train.config import TrainConfig
+from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
+from afnext.train.metrics import MetricsLogger
+
+PAD_MULTIPLE = 64  # packed micro-batches are trimmed to their content, rounded up to this many tokens
+
+
+class TrainError(RuntimeError):
+    """The run cannot start or continue (bad init checkpoint, data that yields no samples, ...)."""
+
+
+# ---- set-up helpers --------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def resolve_init(init: str) -> Path:
+    p = Path(init)
+    for cand in (p / "final", p):
+        if (cand / "config.json").is_file():
+            return cand
+    raise TrainError(f"run.init {init!r}: neither a checkpoint directory nor a run directory with final/")
+
+
+def scratch_config(cfg: TrainConfig, tok: TextTokenizer) -> AFNextConfig:
+    m = cfg.model
+    ids = {t: tok.token_to_id(t) for t in ("<sound>", "<|sound_bos|>", "<|sound_eos|>")}
+    if ids["<sound>"] is None:
+        raise TrainError("the tokenizer has no <sound> token")
+    llm = LLMConfig(vocab_size=tok.vocab_size, hidden_size=m.llm_hidden, intermediate_size=m.llm_ffn,
+                    num_layers=m.llm_layers, num_heads=m.llm_heads, num_kv_heads=m.llm_kv_heads,
+                    rope_theta=m.rope_theta, max_position_embeddings=131072,
+                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    enc = EncoderConfig(hidden_size=m.encoder_hidden, num_layers=m.encoder_layers, num_heads=m.encoder_heads,
+                        intermediate_size=m.encoder_ffn)
+    return AFNextConfig(model_type=AFNEXT_MODEL_TYPE if m.rote else AF3_MODEL_TYPE, encoder=enc, llm=llm,
+                        rote=RoTEConfig() if m.rote else None, audio_token_id=ids["<sound>"],
+                        audio_bos_token_id=ids["<|sound_bos|>"] if m.rote else None,
+                        audio_eos_token_id=ids["<|sound_eos|>"] if m.rote else None)
+
+
+def init_weights(model: AFNext, std: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("embed_positions.weight"):
+                p.copy_(sinusoids(*p.shape))
+            elif "norm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, std)
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper's fixed sinusoidal position table."""
+    inc = math.log(max_timescale) / (channels // 2 - 1)
+    inv = torch.exp(-inc * torch.arange(channels // 2, dtype=torch.float32))
+    t = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
+    return torch.cat([torch.sin(t), torch.cos(t)], dim=1)
+
+
+def tokenizer_dir(cfg: TrainConfig, init_dir: Path | None) -> Path:
+    if cfg.data.processor:
+        return Path(cfg.data.processor)
+    if init_dir is None:
+        raise TrainError("data.processor is required when run.init = 'scratch' (the corpus tokenizer directory)")
+    return init_dir
+
+
+# ---- the trainer -----------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.rank, self.world, self.device = init_distributed()
+        if cfg.system.threads:
+            torch.set_num_threads(cfg.system.threads)
+        torch.manual_seed(cfg.run.seed)
+        self.run_dir = Path(cfg.run.out_dir)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+
+        init_dir = None if cfg.run.init == "scratch" else resolve_init(cfg.run.init)
+        self.tok_dir = tokenizer_dir(cfg, init_dir)
+        if init_dir is None:
+            tok = TextTokenizer.from_dir(self.tok_dir)
+            model_cfg = scratch_config(cfg, tok)
+            self.model = AFNext(model_cfg)
+            init_weights(self.model, cfg.model.init_std)
+            self.model.generation_defaults = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                                              "max_new_tokens": 2048}
+        else:
+            self.model = AFNext.from_pretrained(init_dir, dtype=torch.float32)
+            # own the weights: a zero-copy mmap view of the init checkpoint must not be trained in place
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.data = p.data.clone()
+        self.kind = "afnext" if self.model.config.rote is not None else "af3"
+        if init_dir is not None and not cfg.data.processor:
+            self.processor = Processor.from_pretrained(init_dir)  # the checkpoint's own template and files
+        else:
+            self.processor = Processor(TextTokenizer.from_dir(self.tok_dir), kind=self.kind)
+        self.model.to(self.device)
+        self.trainable = apply_policies(self.model, cfg.optim)
+        if cfg.system.activation_checkpointing:
+            self.model.encoder.gradient_checkpointing = True
+            self.model.llm.gradient_checkpointing = True
+        self.model.train()
+        if self.world > 1:
+            from afnext.parallel.fsdp import apply_fsdp, data_parallel_mesh
+
+            apply_fsdp(self.model, data_parallel_mesh(self.device.type, self.world))
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+
+        d = cfg.data
+        if d.global_batch % self.world:
+            raise TrainError(f"data.global_batch={d.global_batch} is not divisible by the {self.world} ranks")
+        self.caps = StageCaps(max_audio_s=d.max_audio_s, max_tokens=d.max_tokens, policy=d.cap_policy)
+        registry = Registry.load(d.registry)
+        self.mixture = build_mixture(d.mixture, registry, seed=cfg.run.seed)
+        if len(self.mixture) == 0:
+            raise TrainError(f"mixture {d.mixture!r} has no readable rows")
+        self.sampler = MixtureSampler(len(self.mixture), seed=cfg.run.seed, shuffle=True, rank=self.rank,
+                                      world_size=self.world)
+        self.loader = SkippingLoader(ManifestDataset(self.mixture), self.sampler)
+        self.drops = DropCounter()
+        self.step = 0
+        self.samples_seen = 0
+        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.rank == 0,
+                                     total_steps=cfg.optim.max_steps, progress=progress, stage=cfg.run.stage)
+        if resume:
+            self._resume()
+        elif self.rank == 0:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if self.rank == 0:
+            ckpt.clean_stale(self.run_dir)
+            cfg.save(self.run_dir / "config.json")
+        self._stream = iter(self.loader.stream())
+
+    # ---- one step --------------------------------------------------------------------------------
+    def _next_samples(self, n: int) -> list[TrainSample]:
+        out = []
+        for _ in range(n):
+            item = next(self._stream)
+            extra = item.get("extra") or {}
+            result = encode_sample(self.processor, item["conversations"], item["waves"], self.caps,
+                                   system=self.cfg.data.system_prompt or None, sample_id=item["id"],
+                                   family=extra.get("family"))
+            sample = self.drops.keep(result)
+            if sample is not None:
+                out.append(sample)
+        return out
+
+    def _micro_batches(self, samples: list[TrainSample]) -> list[dict]:
+        bins = best_fit_pack([len(s) for s in samples], self.cfg.data.token_budget) if samples else []
+        batches = []
+        for b in bins:
+            group = [samples[i] for i in b]
+            used = sum(len(s) for s in group)
+            width = min(self.cfg.data.token_budget, -(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
+            batches.append(collate_packed(group, width, self.processor.pad_token_id))
+        return batches
+
+    def _empty_batch(self) -> dict:
+        pad = self.processor.pad_token_id
+        ids = torch.full((1, PAD_MULTIPLE), pad, dtype=torch.long)
+        return {"input_ids": ids, "labels": torch.full_like(ids, IGNORE_INDEX),
+                "position_ids": torch.arange(PAD_MULTIPLE)[None], "cu_seqlens": torch.tensor([0, PAD_MULTIPLE], dtype=torch.int32)}
+
+    def _autocast(self):
+        a = self.cfg.system.autocast
+        if a == "none":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if a == "bf16" else torch.float16)
+
+    def _micro_step(self, batch: dict, denom: float) -> tuple[float, int]:
+        ids = batch["input_ids"].to(self.device)
+        labels = batch["labels"].to(self.device)
+        target = labels[:, 1:].reshape(-1)
+        # logits at position p predict token p + 1; compute them only where that token is labelled
+        flat = torch.nonzero(target != IGNORE_INDEX).squeeze(1)
+        row = ids.shape[1]
+        logits_index = (flat // (row - 1)) * row + flat % (row - 1)
+        with self._autocast():
+            out = self.model(input_ids=ids, position_ids=batch["position_ids"].to(self.device),
+                             cu_seqlens=batch["cu_seqlens"].to(self.device),
+                             input_features=batch.get("input_features"),
+                             input_features_mask=batch.get("input_features_mask"),
+                             logits_index=logits_index)
+            nll = F.cross_entropy(out.logits.float(), target[flat], reduction="sum")
+            loss = nll / denom * self.world
+            if "input_features" not in batch:
+                loss = loss + self._ghost_encoder()
+        loss.backward()
+        return float(nll.detach()), int(flat.numel())
+
+    def _ghost_encoder(self) -> torch.Tensor:
+        """0 x the encoder + adapter output on a silent window: every FSDP unit runs in every micro-batch."""
+        feats = torch.zeros(1, self.model.config.encoder.num_mel_bins, self.model.encoder.window_frames, device=self.device)
+        hidden = self.model.encoder(feats)
+        return self.model.adapter(hidden).sum() * 0.0
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        per_rank = self.cfg.data.global_batch // self.world
+        samples = self._next_samples(per_rank)
+        self.samples_seen += per_rank
+        batches = self._micro_batches(samples)
+        counts = torch.tensor([len(batches), sum(s.n_label_tokens for s in samples)], dtype=torch.float64)
+        counts = self._all_reduce(counts, op="max_sum")
+        n_micro, n_labels = int(counts[0]), float(counts[1])
+        batches += [self._empty_batch() for _ in range(n_micro - len(batches))]
+        set_lr(self.optimizer, lr_factor(self.step, self.cfg.optim.max_steps, self.cfg.optim.warmup_ratio,
+                                         self.cfg.optim.min_lr_ratio))
+        nll_sum = 0.0
+        for batch in batches:
+            nll, _ = self._micro_step(batch, max(n_labels, 1.0))
+            nll_sum += nll
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad],
+            self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        stats = torch.tensor([nll_sum, sum(len(s) for s in samples), sum(s.total_audio_seconds for s in samples),
+                              len(samples)], dtype=torch.float64)
+        stats = self._all_reduce(stats)
+        dt = time.perf_counter() - t0
+        return {
+            "step": self.step,
+            "loss": float(stats[0] / max(n_labels, 1.0)),
+            "lr": {g["group"]: g["lr"] for g in self.optimizer.param_groups},
+            "grad_norm": float(grad_norm),
+            "samples": int(stats[3]),
+            "tokens": int(stats[1]),
+            "label_tokens": int(n_labels),
+            "audio_s": float(stats[2]),
+            "micro_batches": n_micro,
+            "step_s": dt,
+            "tokens_per_s": float(stats[1]) / dt,
+            "audio_hours_per_s": float(stats[2]) / 3600 / dt,
+            "dropped": self.drops.as_dict(),
+            "skipped": self.loader.summary.skipped if hasattr(self.loader, "summary") else 0,
+        }
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def fit(self) -> Path:
+        cfg = self.cfg
+        with self.metrics:
+            while self.step < cfg.optim.max_steps:
+                record = self.train_step()
+                self.metrics.log(record)
+                if cfg.system.save_every and self.step % cfg.system.save_every == 0 and self.step < cfg.optim.max_steps:
+                    self.save()
+        self.save()
+        return self.export()
+
+    def save(self) -> Path:
+        model_state, optim_state = self._full_state()
+        trainer_state = {"step": self.step, "samples_seen": self.samples_seen, "config": self.cfg.to_dict(),
+                         "drops": self.drops.as_dict(), "world_size": self.world}
+        rank_state = {"rng": ckpt.rng_state(), "loader": self.loader.state_dict(), "drops": self.drops.as_dict()}
+        return ckpt.save_checkpoint(self.run_dir, self.step, model_state=model_state, optim_state=optim_state,
+                                    trainer_state=trainer_state, rank_state=rank_state,
+                                    keep=self.cfg.system.keep_checkpoints)
+
+    def _full_state(self) -> tuple[dict | None, dict | None]:
+        if self.world > 1:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(self.model, options=opts)
+            optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        else:
+            model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            optim_state = self.optimizer.state_dict()
+        if self.rank != 0:
+            return None, None
+        return model_state, optim_state
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            raise TrainError(f"--resume: {self.run_dir} has no complete checkpoint")
+        model_state, optim_state, trainer_state, rank_state = ckpt.load_checkpoint(path)
+        if self.world > 1:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, model_state, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, optim_state, options=opts)
+        else:
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(optim_state)
+        self.step = trainer_state["step"]
+        self.samples_seen = trainer_state["samples_seen"]
+        self.loader.load_state_dict(rank_state["loader"])
+        self.drops = DropCounter()
+        for reason, n in rank_state.get("drops", {}).items():
+            self.drops.counts[reason] = n
+        ckpt.set_rng_state(rank_state["rng"])
+        self.metrics.truncate_after(self.step)
+
+    def export(self) -> Path:
+        """The final model as an HF-format checkpoint (LoRA merged), with the tokenizer and template."""
+        model_state, _ = self._full_state()
+        out = self.run_dir / "final"
+        if self.rank == 0:
+            plain = AFNext(self.model.config)
+            if self.cfg.optim.freeze.get("llm") == "lora":
+                from afnext.train.groups import apply_lora
+
+                apply_lora(plain.llm, self.cfg.optim.lora_targets, self.cfg.optim.lora_rank, self.cfg.optim.lora_alpha)
+            plain.load_state_dict(model_state)
+            merge_lora(plain)
+            plain.generation_defaults = dict(getattr(self.model, "generation_defaults", {}) or {})
+            tmp = out.with_name(".final-tmp")
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(plain, tmp)
+            write_tokenizer_files(tmp, self.processor.tokenizer.backend, kind=self.kind)
+            (tmp / "training.json").write_text(json.dumps({"stage": self.cfg.run.stage, "step": self.step}, indent=2))
+            shutil.rmtree(out, ignore_errors=True)
+            os.rename(tmp, out)
+        self._barrier()
+        return out
+
+    # ---- collectives -----------------------------------------------------------------------------
+    def _all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if self.world == 1:
+            return t
+        if op == "max_sum":  # element 0: max, the rest: sum
+            first = t[:1].clone()
+            rest = t[1:].clone()
+            dist.all_reduce(first, op=dist.ReduceOp.MAX)
+            dist.all_reduce(rest)
+            return torch.cat([first, rest])
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    def _barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
