@@ -270,6 +270,49 @@ def info(model: Annotated[str, typer.Argument(help="Hub id or local checkpoint d
     out.print(table)
 
 
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Stage configuration (TOML), e.g. configs/nano/pretrain1.toml")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value (repeatable)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run directory's latest checkpoint")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
+) -> None:
+    """Train one curriculum stage (runs as is, or under torchrun for several processes / nodes)."""
+    from afnext.data.loader import SampleError
+    from afnext.train.config import TrainConfig, TrainConfigError
+    from afnext.train.loop import TrainError, Trainer
+
+    try:
+        cfg = TrainConfig.load(config, set_ or [])
+        trainer = Trainer(cfg, resume=resume, progress=not quiet)
+        final = trainer.fit()
+    except (TrainConfigError, TrainError, SampleError) + _user_errors() as exc:
+        _fail(str(exc))
+        return
+    if trainer.rank == 0:
+        err.print(f"exported {final}")
+        if trainer.loader.summary.skipped:
+            err.print(f"[yellow]warning:[/] {escape(trainer.loader.summary.summary())}", soft_wrap=True)
+        if trainer.drops.total:
+            err.print(f"dropped by stage caps: {trainer.drops.as_dict()}", soft_wrap=True)
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory (holds metrics.jsonl)")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path [default: RUN_DIR/curves.png]")] = None,
+) -> None:
+    """Draw loss and throughput curves of a training run to a PNG."""
+    from afnext.train.metrics import plot_run
+
+    try:
+        path = plot_run(run_dir, out)
+    except _user_errors() as exc:
+        _fail(str(exc))
+        return
+    err.print(f"wrote {path}")
+
+
 def locals_without(d: dict, *names: str) -> dict:
     return {k: v for k, v in d.items() if k not in names}
 
