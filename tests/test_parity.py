@@ -168,3 +168,19 @@ def test_zero_token_tail_window_belongs_to_its_own_audio():
     assert window_index_per_row(ids, sound, torch.tensor([750, 750, 125])).tolist() == [0, 1, 0]
     with pytest.raises(ValueError, match="does not line up with whole 30-s windows"):
         window_index_per_row(ids, sound, torch.tensor([750, 700, 175]))
+
+
+@pytest.mark.parametrize("seconds,sub_batch", [(5.0, 8), (65.0, 1)])
+def test_trimmed_windows_match_reference(pair, seconds, sub_batch):
+    """The encoder trims the zero-padding tail of short windows (a 5-s clip costs a sixth of a window);
+    the reference always runs full 30-s windows. Valid outputs must be the same."""
+    kind, ref, ours, proc, hf_proc = pair
+    conv = [{"role": "user", "content": [{"type": "audio", "audio": tone_mix(seconds, seed=7)},
+                                         {"type": "text", "text": "What do you hear?"}]}]
+    inputs = proc.apply_chat_template(conv)
+    old = ours.encoder_batch_windows
+    ours.encoder_batch_windows = sub_batch  # 1: the partial last window of 65 s is encoded (and trimmed) alone
+    try:
+        _compare(ref, ours, dict(inputs), n_new=5)
+    finally:
+        ours.encoder_batch_windows = old

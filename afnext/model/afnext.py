@@ -117,7 +117,7 @@ class AFNext(nn.Module):
             feats = input_features[lo:hi].to(self.device, self.dtype)
             hidden = self.encoder(feats, mask[lo:hi])
             if self.rote is not None:
-                hidden = self.rote(hidden, window_index[lo:hi])
+                hidden = self.rote(hidden, window_index[lo:hi], self.encoder.tokens_per_window)
             embeds = self.adapter(hidden)
             valid = torch.arange(embeds.shape[1], device=self.device)[None, :] < tokens_per_row[lo:hi, None]
             pieces.append(embeds[valid])

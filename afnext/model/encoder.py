@@ -18,6 +18,9 @@ from afnext.config import EncoderConfig
 from afnext.model.attention import AttentionMask, attend
 
 
+TRIM_MULTIPLE = 16  # mel frames; trimmed windows keep a multiple of this length (regular shapes)
+
+
 def conv_output_frames(mel_frames: torch.Tensor | int):
     """Frames after conv2 (stride 2)."""
     return (mel_frames - 1) // 2 + 1
@@ -97,15 +100,26 @@ class AudioEncoder(nn.Module):
         return int(tokens_from_mel_frames(self.window_frames))
 
     def forward(self, features: torch.Tensor, features_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """features (W, n_mels, frames) -> (W, tokens, d); features_mask (W, frames) marks real frames."""
+        """features (W, n_mels, frames) -> (W, tokens, d); features_mask (W, frames) marks real frames.
+
+        With a mask, the output may be shorter than `tokens_per_window` (padding trimmed); every valid
+        token is present and equal to the untrimmed computation.
+        """
         if features.shape[-1] != self.window_frames:
             raise ValueError(
                 f"encoder expects {self.window_frames} mel frames per window, got {features.shape[-1]}; "
                 "pad each window to 30 s (the processor does)"
             )
+        if features_mask is not None:
+            # Trim the shared zero-padding tail: padded frames are masked keys, so the valid outputs
+            # do not depend on them beyond the convolutions' reach (conv1 and conv2 read one frame
+            # past their centre; 4 frames of margin cover both). A 5-s clip then costs 1/6 of a window.
+            valid = int(features_mask.sum(-1).max())
+            keep = min(features.shape[-1], -(-(valid + 4) // TRIM_MULTIPLE) * TRIM_MULTIPLE)
+            features = features[..., :keep]
         x = F.gelu(self.conv1(features))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
-        x = x + self.embed_positions.weight.to(x.dtype)
+        x = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
         key_padding = None
         if features_mask is not None:
             lengths = conv_output_frames(features_mask.sum(-1).long())

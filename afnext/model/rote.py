@@ -61,10 +61,14 @@ class RotaryTimeEmbedding(nn.Module):
         freqs = freqs * (-timestamps * 2 * math.pi).to(freqs)[..., None]
         return freqs.cos(), freqs.sin()
 
-    def forward(self, hidden: torch.Tensor, window_index: torch.Tensor) -> torch.Tensor:
-        """hidden (W, T, C) encoder output; window_index (W,) position of each window in its audio."""
-        ts = self.timestamps(window_index.to(hidden.device), hidden.shape[1])
+    def forward(self, hidden: torch.Tensor, window_index: torch.Tensor, tokens_per_window: int | None = None) -> torch.Tensor:
+        """hidden (W, T, C) encoder output (T may be trimmed below a full window); window_index (W,)
+        position of each window in its audio; tokens_per_window: a full window's tokens (750)."""
+        full = tokens_per_window or hidden.shape[1]
+        ts = self.timestamps(window_index.to(hidden.device), full)
         cos, sin = self.angles(ts)
+        t = hidden.shape[1]
+        cos, sin = cos[:, :t], sin[:, :t]
         work = torch.float32 if hidden.device.type == "mps" else torch.float64  # MPS has no float64
         x = hidden.to(work)
         rot_dim = cos.shape[-1]
