@@ -163,6 +163,8 @@ class Trainer:
             apply_fsdp(self.model, data_parallel_mesh(self.device.type, self.world))
         self.optimizer = build_optimizer(self.model, cfg.optim)
 
+        if cfg.system.sp_ulysses * cfg.system.sp_ring > 1:
+            raise TrainError("sequence parallelism (system.sp_ulysses x system.sp_ring > 1) is not available in this trainer yet")
         d = cfg.data
         if d.global_batch % self.world:
             raise TrainError(f"data.global_batch={d.global_batch} is not divisible by the {self.world} ranks")
