@@ -141,6 +141,14 @@ class TrainConfig:
         for name in set(o.freeze) | set(o.lr):
             if name not in GROUPS:
                 raise TrainConfigError(f"{source}: unknown module group {name!r}; groups are {', '.join(GROUPS)}")
+        # Fix: a non-number lr used to fail later, in the optimizer, naming no key; a negative one trained uphill;
+        # betas of the wrong length crashed AdamW with a traceback.
+        for name, lr in o.lr.items():
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
+                raise TrainConfigError(f"{source}: optim.lr.{name} must be a non-negative number, got {lr!r}")
+        if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                        for b in o.betas):
+            raise TrainConfigError(f"{source}: optim.betas must be two numbers in [0, 1), got {o.betas!r}")
         if o.freeze.get("encoder") == "lora" or o.freeze.get("adapter") == "lora":
             raise TrainConfigError(f"{source}: LoRA is supported on the llm group only")
         if all(o.freeze.get(g, "train") == "frozen" for g in GROUPS):
@@ -170,10 +178,16 @@ def _assign(target, section: str, key: str, value: Any, source: str) -> None:
     if key not in names:
         raise TrainConfigError(f"{source}: unknown key {section}.{key}; valid keys: {', '.join(names)}")
     current = getattr(target, key)
-    if isinstance(current, dict) and isinstance(value, dict):
+    # Fix: a non-table for a table key (`optim.lr = 1e-3`) used to be stored as is and crash validate() with a
+    # traceback; and `save_every = true` was reported as "must be a boolean". Both are now one-line errors.
+    if isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{source}: {section}.{key} must be a table, e.g. {{ encoder = ..., adapter = ..., "
+                                   f"llm = ... }}, got {value!r}")
         value = {**current, **value}
     elif isinstance(current, bool) != isinstance(value, bool):
-        raise TrainConfigError(f"{source}: {section}.{key} must be a boolean, got {value!r}")
+        want = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}[type(current)]
+        raise TrainConfigError(f"{source}: {section}.{key} must be {want}, got {value!r}")
     elif isinstance(current, (int, float)) and not isinstance(current, bool):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TrainConfigError(f"{source}: {section}.{key} must be a number, got {value!r}")

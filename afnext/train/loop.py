@@ -169,6 +169,8 @@ class Trainer:
         if d.global_batch % self.world:
             raise TrainError(f"data.global_batch={d.global_batch} is not divisible by the {self.world} ranks")
         self.caps = StageCaps(max_audio_s=d.max_audio_s, max_tokens=d.max_tokens, policy=d.cap_policy)
+        if not Path(d.registry).is_file():
+            raise TrainError(f"data.registry {d.registry!r}: file not found")
         registry = Registry.load(d.registry)
         self.mixture = build_mixture(d.mixture, registry, seed=cfg.run.seed)
         if len(self.mixture) == 0:
@@ -179,6 +181,7 @@ class Trainer:
         self.drops = DropCounter()
         self.step = 0
         self.samples_seen = 0
+        self.resumed_step: int | None = None  # the checkpoint step this run resumed from
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.rank == 0,
                                      total_steps=cfg.optim.max_steps, progress=progress, stage=cfg.run.stage)
         if resume:
@@ -286,7 +289,7 @@ class Trainer:
             "loss": float(stats[0] / max(n_labels, 1.0)),
             "lr": {g["group"]: g["lr"] for g in self.optimizer.param_groups},
             "grad_norm": float(grad_norm),
-            "samples": int(stats[3]),
+            "samples": int(stats[3]),  # kept after stage caps, all ranks
             "tokens": int(stats[1]),
             "label_tokens": int(n_labels),
             "audio_s": float(stats[2]),
@@ -307,7 +310,10 @@ class Trainer:
                 self.metrics.log(record)
                 if cfg.system.save_every and self.step % cfg.system.save_every == 0 and self.step < cfg.optim.max_steps:
                     self.save()
-        self.save()
+        # Fix: `--resume` of a finished run used to save step N again, which deletes the checkpoint directory
+        # LATEST names before renaming the new one in (a kill -9 in between left no complete checkpoint).
+        if self.step != self.resumed_step:
+            self.save()
         return self.export()
 
     def save(self) -> Path:
@@ -349,7 +355,7 @@ class Trainer:
         else:
             self.model.load_state_dict(model_state)
             self.optimizer.load_state_dict(optim_state)
-        self.step = trainer_state["step"]
+        self.step = self.resumed_step = trainer_state["step"]
         self.samples_seen = trainer_state["samples_seen"]
         self.loader.load_state_dict(rank_state["loader"])
         self.drops = DropCounter()

@@ -8,14 +8,15 @@ Layout of a run directory:
     run/checkpoints/LATEST      name of the newest complete checkpoint
     run/final/                  HF-format export (config, weights, tokenizer, chat template)
 
-Atomicity: a checkpoint is written into `checkpoints/.tmp-step-N-<pid>/`, every file is fsynced, the
+Atomicity: a checkpoint is written into `checkpoints/.tmp-step-N/`, every file is fsynced, the
 directory is renamed to `step-N` (atomic on POSIX), the parent directory is fsynced, and only then is
 `LATEST` replaced (write temp + fsync + os.replace). A kill -9 at any point leaves `LATEST` naming the
 previous complete checkpoint; stale temp directories are removed on the next start.
 
-Contents: full (unsharded) model and optimizer state gathered on rank 0 — independent of the
-world size, so a run can resume on a different number of ranks — plus, per rank, the RNG states and
-the data loader's cursor, and on rank 0 the step, scheduler position and metric offsets.
+Contents: full (unsharded) model and optimizer state gathered on rank 0, plus, per rank, the RNG
+states and the data loader's cursor, and on rank 0 the step and metric offsets. The model and
+optimizer parts do not depend on the world size; the per-rank loader cursors do, so a run resumes on
+the number of ranks it was saved with.
 (For 7B-scale runs a sharded torch.distributed.checkpoint save would avoid gathering on one rank; the
 atomic-directory protocol stays the same.)
 """
@@ -88,6 +89,16 @@ def clean_stale(run_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _test_save_delay() -> None:
+    """Test-only hook: AFNEXT_TEST_SAVE_DELAY_S=<seconds> sleeps between the files of a checkpoint, so a
+    test can kill -9 the process while `.tmp-step-*` exists (tests/test_train.py). Unset in real runs."""
+    delay = os.environ.get("AFNEXT_TEST_SAVE_DELAY_S")
+    if delay:
+        import time
+
+        time.sleep(float(delay))
+
+
 def save_checkpoint(run_dir: Path, step: int, *, model_state: dict | None, optim_state: dict | None,
                     trainer_state: dict, rank_state: dict, keep: int = 2) -> Path:
     """Collective: every rank calls it. model/optim state only on rank 0 (full, on CPU)."""
@@ -101,11 +112,14 @@ def save_checkpoint(run_dir: Path, step: int, *, model_state: dict | None, optim
         tmp.mkdir()
     _barrier()
     torch.save(rank_state, tmp / f"rank-{rank}.pt")
+    _test_save_delay()
     if rank == 0:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        _test_save_delay()
         torch.save(optim_state, tmp / "optimizer.pt")
+        _test_save_delay()
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2))
     _barrier()
     final = ckpts / name
