@@ -1,0 +1,1 @@
+"""Evaluation: metrics with the benchmarks' official rules, benchmark readers, and the runner."""
