@@ -313,6 +313,14 @@ def plot(
     err.print(f"wrote {path}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def plan(ctx: typer.Context) -> None:
+    """Per-GPU activation memory and communication of a sequence-parallel layout (see `afnext plan --help`)."""
+    from afnext.parallel.plan import plan_cli
+
+    raise typer.Exit(plan_cli(list(ctx.args)))
+
+
 def locals_without(d: dict, *names: str) -> dict:
     return {k: v for k, v in d.items() if k not in names}
 
