@@ -56,6 +56,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 warnings.showwarning = _show_warning
 
 
+def _register_data_commands() -> None:
+    from afnext.data.cli import register
+
+    register(app)
+
+
 def _fail(message: str) -> None:
     err.print(_error_line(message), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -323,6 +329,9 @@ def plan(ctx: typer.Context) -> None:
 
 def locals_without(d: dict, *names: str) -> dict:
     return {k: v for k, v in d.items() if k not in names}
+
+
+_register_data_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry point
