@@ -26,3 +26,16 @@ def tiny_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ckpt")
     return {kind: make_tiny_checkpoint(root / kind, kind=kind, seed=1) for kind in ("afnext", "af3")}
+
+
+def write_wav(path, seconds: float, seed: int = 0):
+    """0.1-amplitude white noise as a 16-bit mono WAV (stdlib `wave`), for manifest and loader tests."""
+    import wave
+
+    x = 0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+    return path

@@ -5,7 +5,6 @@ WAV written with the stdlib ``wave`` module, corrupt audio is random bytes under
 """
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,7 @@ from afnext.data.manifest import (
 SR = 16_000
 
 
-def write_wav(path: Path, seconds: float, seed: int = 0) -> Path:
-    x = 0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((x * 32767).astype("<i2").tobytes())
-    return path
+from conftest import write_wav  # noqa: E402
 
 
 def write_garbage(path: Path, seed: int = 1) -> Path:

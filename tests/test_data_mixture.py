@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,7 @@ from afnext.data.mixture import (
 SR = 16_000
 
 
-def write_wav(path: Path, seconds: float, seed: int = 0) -> Path:
-    x = 0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((x * 32767).astype("<i2").tobytes())
-    return path
+from conftest import write_wav  # noqa: E402
 
 
 def conv(q="<sound>\nDescribe.", a="Noise."):

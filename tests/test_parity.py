@@ -6,7 +6,6 @@ loaded by afnext; both run on identical inputs. Checked: audio embeddings and lo
 batch of two audio lengths, two audios in one prompt, and a text-only prompt, for both layouts.
 """
 
-import numpy as np
 import pytest
 import torch
 

@@ -37,13 +37,7 @@ N_AUDIO, N_TEXT = 24, 4
 
 
 # ---- corpus -----------------------------------------------------------------------------------------
-def tone_mix(seconds: float, seed: int = 0) -> np.ndarray:
-    """Chirp + tone bursts + noise, float32 at 16 kHz (the same signal as conftest.tone_mix)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    chirp = 0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t)
-    bursts = 0.2 * np.sin(2 * np.pi * 880 * t) * (np.sin(2 * np.pi * 0.5 * t) > 0.6)
-    return (chirp + bursts + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+from conftest import tone_mix  # noqa: E402  (the shared test signal)
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:
