@@ -92,6 +92,12 @@ def job_ddp(s: Setup) -> dict:
     return {"run": th.torchrun(2, cfg), "dir": run_dir}
 
 
+def job_sp(s: Setup) -> dict:
+    """4 processes: sequence parallel Ulysses 2 x Ring 2 (one data-parallel replica)."""
+    cfg, run_dir = s.config("sp", save_every=0)
+    return {"run": th.torchrun(4, cfg, "system.sp_ulysses=2", "system.sp_ring=2"), "dir": run_dir}
+
+
 def job_skipped(s: Setup) -> dict:
     cfg, run_dir = s.config("skipped", registry=s.skip_registry, max_steps=1)
     return {"run": th.train(cfg), "dir": run_dir}
@@ -115,7 +121,7 @@ def job_error(s: Setup, name: str) -> th.Result:
 
 
 ERRORS = ("unknown_key", "wrong_type", "all_frozen", "missing_registry")
-JOBS = {"full": job_full, "kill": job_kill, "resume": job_resume, "ddp": job_ddp, "skipped": job_skipped,
+JOBS = {"full": job_full, "kill": job_kill, "resume": job_resume, "ddp": job_ddp, "sp": job_sp, "skipped": job_skipped,
         **{f"error:{e}": (lambda s, e=e: job_error(s, e)) for e in ERRORS}}
 # which jobs each test waits for (only the selected tests' jobs are started)
 NEEDS = {
@@ -123,6 +129,7 @@ NEEDS = {
     "test_resume_of_a_finished_run_rewrites_no_checkpoint": ("full", "resume"),
     "test_kill_9_mid_save": ("full", "kill"),
     "test_two_process_data_parallel": ("full", "ddp"),
+    "test_sequence_parallel_training_matches_one_process": ("full", "sp"),
     "test_export_loads_in_transformers_and_afnext_ask": ("full",),
     "test_config_errors": tuple(f"error:{e}" for e in ERRORS),
     "test_plot": ("full",),
@@ -247,6 +254,22 @@ def test_two_process_data_parallel(jobs):
         assert abs(a["loss"] - b["loss"]) < DDP_TOL, (a, b)
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4, (a, b)
     diff = th.max_weight_diff(th.weights(full["dir"] / "final"), th.weights(ddp["dir"] / "final"))
+    assert diff < DDP_TOL, diff
+
+
+def test_sequence_parallel_training_matches_one_process(jobs):
+    """`afnext train` under torchrun with SP 2 x 2: every step's loss and the final weights equal the
+    1-process run (sequences sharded zigzag over the ring, heads over Ulysses, audio windows split)."""
+    full, sp = jobs["full"], jobs["sp"]
+    assert_ok(full["run"])
+    assert_ok(sp["run"])
+    one, four = th.metrics(full["dir"]), th.metrics(sp["dir"])
+    assert [r["step"] for r in four] == [1, 2, 3, 4]
+    for a, b in zip(one, four):
+        same = ("samples", "tokens", "label_tokens", "lr")
+        assert [a[k] for k in same] == [b[k] for k in same], (a, b)
+        assert abs(a["loss"] - b["loss"]) < DDP_TOL, (a, b)
+    diff = th.max_weight_diff(th.weights(full["dir"] / "final"), th.weights(sp["dir"] / "final"))
     assert diff < DDP_TOL, diff
 
 

@@ -12,6 +12,10 @@ order; rank r takes the positions congruent to r mod world (MixtureSampler), so 
 twice and the set per step is independent of the world size. Ranks then pack their own samples
 (best-fit into `token_budget`) and agree on the number of micro-batches, padding with empty ones.
 
+Sequence parallelism (system.sp_ulysses x system.sp_ring > 1): ranks form SP groups of that size; an
+SP group is one data-parallel replica whose ranks process the same micro-batches, each a shard of the
+sequence (afnext.parallel.sequence). Label counts and statistics are counted once per replica.
+
 Stage 0 ("scratch"): a nano model is built from [model] with random weights and the corpus tokenizer.
 """
 
@@ -163,11 +167,21 @@ class Trainer:
             apply_fsdp(self.model, data_parallel_mesh(self.device.type, self.world))
         self.optimizer = build_optimizer(self.model, cfg.optim)
 
-        if cfg.system.sp_ulysses * cfg.system.sp_ring > 1:
-            raise TrainError("sequence parallelism (system.sp_ulysses x system.sp_ring > 1) is not available in this trainer yet")
+        # Sequence parallelism: each SP group (ulysses x ring ranks) shares one data-parallel slot and
+        # processes the same micro-batches, each rank a shard of the sequence (afnext.parallel.sequence).
+        self.sp = None
+        self.sp_size = cfg.system.sp_ulysses * cfg.system.sp_ring
+        self.dp_rank, self.dp_size = self.rank, self.world
+        if self.sp_size > 1:
+            if self.world % self.sp_size:
+                raise TrainError(f"world size {self.world} is not divisible by sp_ulysses x sp_ring = {self.sp_size}")
+            from afnext.parallel.groups import init_sp_groups
+
+            self.sp = init_sp_groups(cfg.system.sp_ulysses, cfg.system.sp_ring)
+            self.dp_rank, self.dp_size = self.sp.layout.dp_rank, self.world // self.sp_size
         d = cfg.data
-        if d.global_batch % self.world:
-            raise TrainError(f"data.global_batch={d.global_batch} is not divisible by the {self.world} ranks")
+        if d.global_batch % self.dp_size:
+            raise TrainError(f"data.global_batch={d.global_batch} is not divisible by the {self.dp_size} data-parallel ranks")
         self.caps = StageCaps(max_audio_s=d.max_audio_s, max_tokens=d.max_tokens, policy=d.cap_policy)
         if not Path(d.registry).is_file():
             raise TrainError(f"data.registry {d.registry!r}: file not found")
@@ -175,8 +189,8 @@ class Trainer:
         self.mixture = build_mixture(d.mixture, registry, seed=cfg.run.seed)
         if len(self.mixture) == 0:
             raise TrainError(f"mixture {d.mixture!r} has no readable rows")
-        self.sampler = MixtureSampler(len(self.mixture), seed=cfg.run.seed, shuffle=True, rank=self.rank,
-                                      world_size=self.world)
+        self.sampler = MixtureSampler(len(self.mixture), seed=cfg.run.seed, shuffle=True, rank=self.dp_rank,
+                                      world_size=self.dp_size)
         self.loader = SkippingLoader(ManifestDataset(self.mixture), self.sampler)
         self.drops = DropCounter()
         self.step = 0
@@ -230,6 +244,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if a == "bf16" else torch.float16)
 
     def _micro_step(self, batch: dict, denom: float) -> tuple[float, int]:
+        if self.sp is not None:
+            return self._micro_step_sp(batch, denom)
         ids = batch["input_ids"].to(self.device)
         labels = batch["labels"].to(self.device)
         target = labels[:, 1:].reshape(-1)
@@ -250,6 +266,19 @@ class Trainer:
         loss.backward()
         return float(nll.detach()), int(flat.numel())
 
+    def _micro_step_sp(self, batch: dict, denom: float) -> tuple[float, int]:
+        from afnext.parallel.sequence import sp_forward_loss
+
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        with self._autocast():
+            mean = sp_forward_loss(self.model, batch, self.sp)  # value: the micro-batch mean; grad: this shard's part
+            # FSDP averages over all dp x sp ranks; the SP shards' partial gradients must add up instead.
+            loss = mean * (n / denom) * self.world
+            if "input_features" not in batch:
+                loss = loss + self._ghost_encoder()
+        loss.backward()
+        return float(mean.detach()) * n / self.sp_size, n
+
     def _ghost_encoder(self) -> torch.Tensor:
         """0 x the encoder + adapter output on a silent window: every FSDP unit runs in every micro-batch."""
         feats = torch.zeros(1, self.model.config.encoder.num_mel_bins, self.model.encoder.window_frames, device=self.device)
@@ -258,13 +287,13 @@ class Trainer:
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
-        per_rank = self.cfg.data.global_batch // self.world
+        per_rank = self.cfg.data.global_batch // self.dp_size
         samples = self._next_samples(per_rank)
         self.samples_seen += per_rank
         batches = self._micro_batches(samples)
         counts = torch.tensor([len(batches), sum(s.n_label_tokens for s in samples)], dtype=torch.float64)
         counts = self._all_reduce(counts, op="max_sum")
-        n_micro, n_labels = int(counts[0]), float(counts[1])
+        n_micro, n_labels = int(counts[0]), float(counts[1]) / self.sp_size  # SP ranks hold the same samples
         batches += [self._empty_batch() for _ in range(n_micro - len(batches))]
         set_lr(self.optimizer, lr_factor(self.step, self.cfg.optim.max_steps, self.cfg.optim.warmup_ratio,
                                          self.cfg.optim.min_lr_ratio))
@@ -283,6 +312,7 @@ class Trainer:
         stats = torch.tensor([nll_sum, sum(len(s) for s in samples), sum(s.total_audio_seconds for s in samples),
                               len(samples)], dtype=torch.float64)
         stats = self._all_reduce(stats)
+        stats[1:] /= self.sp_size  # tokens, audio and samples of an SP group were counted by each of its ranks
         dt = time.perf_counter() - t0
         return {
             "step": self.step,
