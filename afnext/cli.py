@@ -57,9 +57,11 @@ warnings.showwarning = _show_warning
 
 
 def _register_data_commands() -> None:
-    from afnext.data.cli import register
+    from afnext.data.cli import register as register_data
+    from afnext.eval.cli import register as register_eval
 
-    register(app)
+    register_data(app)
+    register_eval(app)
 
 
 def _fail(message: str) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from afnext.eval.benchmarks import BENCHMARKS, get_benchmark
 from afnext.eval.benchmarks.mmau import format_prompt
+from afnext.eval.metrics import tokens
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmau" / "mmau-test-mini.json"
 pytestmark = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"MMAU test-mini metadata not found at {FIXTURE}")
@@ -45,11 +46,21 @@ def test_verbatim_answers_score_100(items):
 
 
 def test_wrong_choice_scores_0(items):
-    preds = {}
+    # A wrong choice whose tokens all occur in the answer ("twenty" vs "twenty-three") passes MMAU's
+    # rule, so pick one with a token of its own. One real item has none: its choices are permutations
+    # of the same four labels, and the official rule scores any of them correct.
+    preds, unavoidable = {}, []
     for it in items:
         wrong = [c for c in it.reference["choices"] if c != it.reference["answer"]]
-        preds[it.id] = wrong[0]
-    assert _acc(items, preds) == 0.0
+        own = [c for c in wrong if tokens(c) - tokens(it.reference["answer"])]
+        preds[it.id] = (own or wrong)[0]
+        if not own:
+            unavoidable.append(it.id)
+    assert len(unavoidable) == 1
+    rep = get_benchmark("mmau").score(items, preds)
+    assert rep["headline"]["accuracy"]["correct"] == len(unavoidable)
+    rep = get_benchmark("mmau").score(items, {k: v for k, v in preds.items() if k not in unavoidable})
+    assert rep["headline"]["accuracy"]["value"] == 0.0
 
 
 def test_prediction_forms(items):

@@ -409,14 +409,14 @@ def test_global_batch_must_divide_by_world_size(setup, monkeypatch):
     monkeypatch.setattr(fsdp, "data_parallel_mesh", lambda *a, **k: None)
     monkeypatch.setattr(fsdp, "apply_fsdp", lambda model, mesh, **k: model)
     cfg, _ = setup.config("world3")
-    with pytest.raises(loop.TrainError, match=r"global_batch=8 is not divisible by the 3 ranks"):
+    with pytest.raises(loop.TrainError, match=r"global_batch=8 is not divisible by the 3 data-parallel ranks"):
         from afnext.train.config import TrainConfig
 
         loop.Trainer(TrainConfig.load(cfg), progress=False)
     r = CliRunner().invoke(app, ["train", str(cfg), "--quiet"])
     assert r.exit_code == 2, r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "not divisible by the 3 ranks" in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not divisible by the 3 data-parallel ranks" in lines[0], r.stderr
 
 
 # ---- 7. plot ----------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def render_markdown(report: dict) -> str:
         row = f"| {metric} | {ours}{extra} |"
         if paper:
             same = metric == paper["metric"]
-            row += "".join(f" {v} |" if same else " — |" for v in paper["systems"].values())
+            row += "".join(f" {v:.2f} |" if same else " — |" for v in paper["systems"].values())
         lines.append(row)
     if paper:
         lines += ["", f"Paper numbers ({paper['unit'] or 'score'}): {paper['source']}."]
