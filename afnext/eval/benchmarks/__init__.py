@@ -68,3 +68,5 @@ def accuracy_entry(hits: list[bool]) -> dict:
 # Imported last: the modules use EvalItem/register defined above.
 from afnext.eval.benchmarks import mmau as _mmau  # noqa: E402,F401
 from afnext.eval.benchmarks import synthetic as _synthetic  # noqa: E402,F401
+from afnext.eval.benchmarks import librispeech as _librispeech  # noqa: E402,F401
+from afnext.eval.benchmarks import medley_solos as _medley_solos  # noqa: E402,F401
