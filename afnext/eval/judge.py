@@ -111,7 +111,7 @@ class Judge:
                     payload = json.loads(resp.read().decode("utf-8"))
                 return payload["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as e:
-                if e.code != 429 and e.code < 500 or attempt == self.max_retries:
+                if (e.code != 429 and e.code < 500) or attempt == self.max_retries:
                     raise
             except (urllib.error.URLError, TimeoutError):
                 if attempt == self.max_retries:

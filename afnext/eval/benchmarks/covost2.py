@@ -130,13 +130,13 @@ def read_tsv(path: Path) -> list[dict]:
 class CoVoST2:
     """One CoVoST2 language pair, e.g. CoVoST2("en_ar"); registered as "covost2-<pair>"."""
 
-    paper_key = "covost2"
-
     def __init__(self, pair: str):
         self.source, self.target = split_pair(pair)
         self.pair = pair
         self.name = f"covost2-{pair}"
         self.tokenize = tokenizer_for(self.target)
+        # Keys of afnext/eval/paper_numbers.json; only en_ar has a paper number ("covost2-en-ar").
+        self.paper_key = f"covost2-{self.source}-{self.target}".lower()
 
     def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalItem]:
         path, filter_split = resolve_tsv(data_dir, self.pair)
