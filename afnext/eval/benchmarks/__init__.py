@@ -65,6 +65,19 @@ def accuracy_entry(hits: list[bool]) -> dict:
     return {"n": n, "correct": c, "accuracy": c / n if n else 0.0}
 
 
+def find_metadata(data_dir: str | Path, default_name: str, suffix: str, what: str) -> Path:
+    """A benchmark's metadata file: `data_dir` itself, `data_dir/default_name`, or its only `*suffix` file."""
+    p = Path(data_dir)
+    if p.is_file():
+        return p
+    if (p / default_name).is_file():
+        return p / default_name
+    found = sorted(p.glob(f"*{suffix}")) if p.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{p}: no {default_name} (or single *{suffix}) with the {what} metadata")
+
+
 # Imported last: the modules use EvalItem/register defined above.
 from afnext.eval.benchmarks import mmau as _mmau  # noqa: E402,F401
 from afnext.eval.benchmarks import synthetic as _synthetic  # noqa: E402,F401

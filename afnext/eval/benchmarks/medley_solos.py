@@ -36,7 +36,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from afnext.eval.benchmarks import EvalItem, accuracy_entry, register
+from afnext.eval.benchmarks import EvalItem, accuracy_entry, find_metadata, register
 from afnext.eval.metrics import strip_reasoning
 
 DEFAULT_FILE = "Medley-solos-DB_metadata.csv"
@@ -82,15 +82,7 @@ def is_correct(prediction: str, instrument: str) -> bool:
 
 
 def resolve_metadata(data_dir: str | Path) -> Path:
-    p = Path(data_dir)
-    if p.is_file():
-        return p
-    if (p / DEFAULT_FILE).is_file():
-        return p / DEFAULT_FILE
-    found = sorted(p.glob("*.csv")) if p.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    raise FileNotFoundError(f"{p}: no {DEFAULT_FILE} (or single *.csv) with the Medley-Solos-DB metadata")
+    return find_metadata(data_dir, DEFAULT_FILE, ".csv", "Medley-Solos-DB")
 
 
 class MedleySolos:

@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from afnext.eval.benchmarks import EvalItem, accuracy_entry, register
+from afnext.eval.benchmarks import EvalItem, accuracy_entry, find_metadata, register
 from afnext.eval.metrics import mmau_is_correct
 
 DEFAULT_FILE = "mmau-test-mini.json"
@@ -42,15 +42,7 @@ def _as_list(value) -> list[str]:
 
 
 def resolve_metadata(data_dir: str | Path) -> Path:
-    p = Path(data_dir)
-    if p.is_file():
-        return p
-    if (p / DEFAULT_FILE).is_file():
-        return p / DEFAULT_FILE
-    found = sorted(p.glob("*.json")) if p.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    raise FileNotFoundError(f"{p}: no {DEFAULT_FILE} (or single *.json) with the MMAU metadata")
+    return find_metadata(data_dir, DEFAULT_FILE, ".json", "MMAU")
 
 
 class MMAU:
