@@ -1,4 +1,5 @@
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -39,3 +40,23 @@ def write_wav(path, seconds: float, seed: int = 0):
         w.setframerate(SR)
         w.writeframes((x * 32767).astype("<i2").tobytes())
     return path
+
+
+@dataclass
+class Result:
+    """A finished subprocess (CLI tests, training tests)."""
+
+    args: list[str]
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    def __str__(self) -> str:  # shown by pytest when an assertion fails
+        return (f"{' '.join(map(str, self.args))}\nrc={self.rc} ({self.seconds:.1f} s)\n"
+                f"--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}")
+
+    def json(self) -> dict:
+        import json
+
+        return json.loads(self.out)

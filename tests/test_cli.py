@@ -19,7 +19,6 @@ import sys
 import time
 import wave
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,19 +34,7 @@ TIMEOUT_S = 600
 # ----------------------------------------------------------------------------- running the CLI
 
 
-@dataclass
-class Result:
-    args: list[str]
-    rc: int
-    out: str
-    err: str
-    seconds: float
-
-    def __str__(self) -> str:  # shown by pytest when an assertion fails
-        return f"afnext {' '.join(self.args)}\nrc={self.rc}\n--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}"
-
-    def json(self) -> dict:
-        return json.loads(self.out)
+from conftest import Result  # noqa: E402  (one subprocess record for all tests)
 
 
 def _env(hf_home: Path) -> dict[str, str]:

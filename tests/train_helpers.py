@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 import wave
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +119,7 @@ threads = 1
 
 
 # ---- running ----------------------------------------------------------------------------------------
-@dataclass
-class Result:
-    args: list[str]
-    rc: int
-    out: str
-    err: str
-    seconds: float
-
-    def __str__(self) -> str:  # shown by pytest when an assertion fails
-        return (f"{' '.join(self.args)}\nrc={self.rc} ({self.seconds:.1f} s)\n"
-                f"--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}")
+from conftest import Result  # noqa: E402  (one subprocess record for all tests)
 
 
 def env(**extra: str) -> dict[str, str]:
