@@ -21,7 +21,7 @@ SR = 16_000
 N_ITEMS = 5
 # families whose variants need more draws before every branch appears
 N_ITEMS_BY_FAMILY = {"multi_talker": 10, "speaker_identity": 8}
-NAMES = ("asr_digits", "asr_words", "asr_sentence", "asr_multilingual", "asr_mc", "speech_translation",
+NAMES = ("asr_digits", "asr_words", "asr_commands", "asr_sentence", "asr_multilingual", "asr_mc", "speech_translation",
          "speaker_gender", "speaker_language", "speaker_identity", "multi_talker")
 MC_NAMES = {"asr_mc", "speaker_gender", "speaker_language"}
 VOICE_BY_ID = {v.id: v for v in tts.VOICES}
@@ -208,6 +208,11 @@ def test_asr_answers(items):
         lab, answer = item.extra["labels"], item.conversations[1]["value"]
         assert answer == " ".join(lab["words"]) and 3 <= len(lab["words"]) <= 6
         assert all(w in sp.SPEECH_VOCAB for w in lab["words"])
+        assert re.sub(r"[,.]", "", lab["segments"][0]["text"]) == answer
+    for item in items["asr_commands"]:
+        lab, answer = item.extra["labels"], item.conversations[1]["value"]
+        assert answer == " ".join(lab["words"]) and 3 <= len(lab["words"]) <= 6 and len(set(lab["words"])) == len(lab["words"])
+        assert all(w in sp.COMMAND_WORDS for w in lab["words"])
         assert re.sub(r"[,.]", "", lab["segments"][0]["text"]) == answer
     for item in items["asr_sentence"]:
         lab, answer = item.extra["labels"], item.conversations[1]["value"]

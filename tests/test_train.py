@@ -296,6 +296,56 @@ def test_pretrain1_freeze_changes_only_the_adapter(setup):
     assert changed == adapter, sorted(changed ^ adapter)
 
 
+def test_sample_loss_norm_weighs_every_sample_equally(setup):
+    """optim.loss_norm = "sample": the packed batch's gradient equals the mean over samples of each
+    sample's own mean-NLL gradient, computed one sample at a time; token normalisation differs from it
+    (the samples have different label counts)."""
+    from afnext.train.config import TrainConfig
+    from afnext.train.loop import Trainer
+
+    cfg_path, _ = setup.config("loss_norm", freeze={"encoder": "train", "adapter": "train", "llm": "train"}, max_steps=1)
+
+    def grads(trainer):
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    def per_sample_reference(trainer, samples):
+        trainer.model.zero_grad(set_to_none=True)
+        for s in samples:
+            for b in trainer._micro_batches([s]):
+                trainer._micro_step(b, float(s.n_label_tokens * len(samples)))
+        return grads(trainer)
+
+    for norm in ("sample", "token"):
+        trainer = Trainer(TrainConfig.load(cfg_path, [f'optim.loss_norm="{norm}"']), progress=False)
+        samples = [s for s in trainer._next_samples(6) if s.n_label_tokens]
+        assert len({s.n_label_tokens for s in samples}) > 1  # otherwise both norms coincide
+        packed = trainer._micro_batches(samples)
+        assert len(packed) < len(samples)  # several samples share a packed row
+        trainer.model.zero_grad(set_to_none=True)
+        denom = len(samples) if norm == "sample" else sum(s.n_label_tokens for s in samples)
+        for b in packed:
+            trainer._micro_step(b, float(denom))
+        got = grads(trainer)
+        trainer.cfg.optim.loss_norm = "token"  # the reference: each sample alone, its own token mean
+        ref = per_sample_reference(trainer, samples)
+        diff = max((got[n] - ref[n]).abs().max().item() for n in ref)
+        scale = max(ref[n].abs().max().item() for n in ref)
+        if norm == "sample":
+            assert diff <= 1e-5 * scale, (diff, scale)
+        else:
+            assert diff > 1e-3 * scale, (diff, scale)
+
+
+def test_loss_norm_is_validated(setup):
+    from afnext.train.config import TrainConfig, TrainConfigError
+
+    cfg_path, _ = setup.config("loss_norm_bad", freeze={"encoder": "train", "adapter": "train", "llm": "train"}, max_steps=1)
+    with pytest.raises(TrainConfigError, match="optim.loss_norm must be 'token' or 'sample', got 'batch'"):
+        TrainConfig.load(cfg_path, ['optim.loss_norm="batch"'])
+    with pytest.raises(TrainConfigError, match="optim.loss_norm = 'sample' is not supported with sequence parallelism"):
+        TrainConfig.load(cfg_path, ['optim.loss_norm="sample"', "system.sp_ring=2"])
+
+
 def test_lora_keeps_base_weights_and_merged_export_matches(setup):
     from afnext import AFNext, Processor
 

@@ -3,7 +3,7 @@
 Three headline figures, each printed beside a chance baseline measured on the same items:
 - multiple-choice accuracy over every item with `choices` (MMAU's string-match rule); chance is the
   mean of 1 / number of choices;
-- ASR word error rate on the `asr_digits` and `asr_words` families (corpus WER); chance is the WER of
+- ASR word error rate on the `asr_digits`, `asr_words` and `asr_commands` families (corpus WER); chance is the WER of
   answering each clip with another clip's transcript (same family, fixed derangement);
 - median event-onset error in seconds on `event_onset` clips (10-60 s); chance is the error of
   answering with another clip's onset (same derangement).
@@ -26,7 +26,7 @@ from afnext.engine import Engine, GenerationConfig
 from afnext.eval.metrics import corpus_wer, mmau_is_correct, strip_reasoning
 from afnext.think import extract_evidence
 
-ASR_FAMILIES = ("asr_digits", "asr_words")
+ASR_FAMILIES = ("asr_digits", "asr_words", "asr_commands")
 ONSET_FAMILY = "event_onset"
 
 

@@ -15,7 +15,10 @@ labels the synthetic corpus records:
   segment's speaker gender and language (``labels.segments``);
 - clip tags (binary cross-entropy on the mean of the clip's tokens): the clip's scalar string labels
   (``class``, ``quality``, ``root``, ``note``, ``timbre``, ``gender``, ``language_name``);
-- transcripts (CTC over characters): ``labels.transcript`` for spoken digits and words.
+- transcripts (CTC over *words*): ``labels.transcript`` for spoken digits and words. Characters do not
+  fit: at 25 tokens/s a fast-read word of 6-7 letters spans ~9 tokens, too few for CTC's letters plus
+  the blanks between repeats (measured: character CTC stalls at ~3 nats/char), while one unit per word
+  leaves ~9 tokens per unit (digit CTC falls from 2.6 to 0.8 nats/word in 200 steps of batch 16).
 
 The heads are discarded; the export is the whole AF-Next (encoder trained, adapter and LLM still at
 their initialisation), and the next stage (``run.init`` = this run) trains everything through the LLM.
@@ -49,7 +52,6 @@ from afnext.train.metrics import MetricsLogger
 
 CLIP_KEYS = ("class", "quality", "root", "note", "timbre", "gender", "language_name")
 EVENT_KEYS = ("timbre", "note")
-CTC_ALPHABET = " abcdefghijklmnopqrstuvwxyz0123456789'"  # index 0 is the CTC blank, so chars start at 1
 TOKEN_STEP_S = 0.04  # encoder output hop: 10-ms mel frames x conv stride 2 x avg-pool 2
 WINDOW_S = 30.0
 
@@ -71,30 +73,39 @@ def clip_tags(labels: dict) -> list[str]:
     return [f"{k}:{labels[k]}" for k in CLIP_KEYS if isinstance(labels.get(k), str)]
 
 
-def ctc_target(labels: dict) -> list[int] | None:
+def transcript_words(labels: dict) -> list[str]:
+    """The transcript as lower-case words, punctuation dropped ("Apple, pie!" -> ["apple", "pie"])."""
     text = labels.get("transcript")
-    if not isinstance(text, str) or not text.strip():
-        return None
-    ids = [CTC_ALPHABET.index(c) + 1 for c in text.lower() if c in CTC_ALPHABET]
+    if not isinstance(text, str):
+        return []
+    return [w for w in ("".join(c if c.isalnum() or c == "'" else " " for c in text.lower())).split() if w]
+
+
+def ctc_target(labels: dict, word_vocab: list[str]) -> list[int] | None:
+    """Word-unit CTC target: 1 + each word's index in ``word_vocab`` (index 0 is the CTC blank)."""
+    index = {w: i + 1 for i, w in enumerate(word_vocab)}
+    ids = [index[w] for w in transcript_words(labels) if w in index]
     return ids or None
 
 
 class EncoderHeads(nn.Module):
-    def __init__(self, dim: int, frame_vocab: list[str], clip_vocab: list[str]):
+    def __init__(self, dim: int, frame_vocab: list[str], clip_vocab: list[str], word_vocab: list[str]):
         super().__init__()
-        self.frame_vocab, self.clip_vocab = frame_vocab, clip_vocab
+        self.frame_vocab, self.clip_vocab, self.word_vocab = frame_vocab, clip_vocab, word_vocab
         self.frame = nn.Linear(dim, len(frame_vocab))
         self.clip = nn.Linear(dim, max(1, len(clip_vocab)))
-        self.ctc = nn.Linear(dim, len(CTC_ALPHABET) + 1)
+        self.ctc = nn.Linear(dim, len(word_vocab) + 1)
 
 
-def build_vocab(dataset: ManifestDataset) -> tuple[list[str], list[str]]:
-    frames, clips = set(), set()
+def build_vocab(dataset: ManifestDataset) -> tuple[list[str], list[str], list[str]]:
+    """Frame tags, clip tags and transcript words seen in the dataset, each sorted."""
+    frames, clips, words = set(), set(), set()
     for i in range(len(dataset)):
         labels = dataset.record(i).extra.get("labels") or {}
         frames.update(t for t, _, _ in frame_tags(labels))
         clips.update(clip_tags(labels))
-    return sorted(frames), sorted(clips)
+        words.update(transcript_words(labels))
+    return sorted(frames), sorted(clips), sorted(words)
 
 
 class EncoderPretrainer:
@@ -114,7 +125,7 @@ class EncoderPretrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tok = TextTokenizer.from_dir(cfg.data.processor)
         self.model = AFNext(scratch_config(cfg, tok))
-        init_weights(self.model, cfg.model.init_std)
+        init_weights(self.model, cfg.model.init_std, uniform_attention=cfg.model.init_uniform_attention)
         self.model.generation_defaults = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
                                           "max_new_tokens": 2048}
         self.processor = Processor(tok, kind="afnext" if self.model.config.rote is not None else "af3")
@@ -129,8 +140,8 @@ class EncoderPretrainer:
         if not self.eligible:
             raise TrainError(f"mixture {cfg.data.mixture!r} has no audio clip of at most data.max_audio_s = "
                              f"{cfg.data.max_audio_s:g} s with a stated duration")
-        frame_vocab, clip_vocab = build_vocab(self.dataset)
-        self.heads = EncoderHeads(self.model.config.encoder.hidden_size, frame_vocab, clip_vocab)
+        frame_vocab, clip_vocab, word_vocab = build_vocab(self.dataset)
+        self.heads = EncoderHeads(self.model.config.encoder.hidden_size, frame_vocab, clip_vocab, word_vocab)
         lr = cfg.optim.lr.get("encoder", 1e-3)
         params = list(self.model.encoder.parameters()) + list(self.heads.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
@@ -142,7 +153,7 @@ class EncoderPretrainer:
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         cfg.save(self.run_dir / "config.json")
         (self.run_dir / "heads.json").write_text(json.dumps({"frame": frame_vocab, "clip": clip_vocab,
-                                                             "ctc": CTC_ALPHABET}, indent=1) + "\n")
+                                                             "ctc_words": word_vocab}, indent=1) + "\n")
 
     def _next_items(self, n: int) -> list[dict]:
         items = []
@@ -178,7 +189,7 @@ class EncoderPretrainer:
                 ct = torch.zeros(len(clip_index))
                 ct[[clip_index[t] for t in ctags]] = 1.0
                 clip_loss.append(F.binary_cross_entropy_with_logits(self.heads.clip(tokens.mean(0)), ct))
-            tgt = ctc_target(labels)
+            tgt = ctc_target(labels, self.heads.word_vocab)
             if tgt is not None and len(tgt) <= tokens.shape[0]:
                 logp = self.heads.ctc(tokens).log_softmax(-1)[:, None]
                 ctc_loss.append(F.ctc_loss(logp, torch.tensor([tgt]), torch.tensor([tokens.shape[0]]),

@@ -93,10 +93,14 @@ def scratch_config(cfg: TrainConfig, tok: TextTokenizer) -> AFNextConfig:
                         audio_eos_token_id=ids["<|sound_eos|>"] if m.rote else None)
 
 
-def init_weights(model: AFNext, std: float) -> None:
+def init_weights(model: AFNext, std: float, *, uniform_attention: bool = False) -> None:
+    """N(0, std) weights, unit norms, zero biases, Whisper's sinusoids; ``uniform_attention`` zeroes the
+    LLM's query projections (see ``ModelConfig.init_uniform_attention``)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("embed_positions.weight"):
+            if uniform_attention and name.startswith("llm.") and ".self_attn.q_proj." in name:
+                p.zero_()
+            elif name.endswith("embed_positions.weight"):
                 p.copy_(sinusoids(*p.shape))
             elif "norm" in name:
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
@@ -141,7 +145,7 @@ class Trainer:
             tok = TextTokenizer.from_dir(self.tok_dir)
             model_cfg = scratch_config(cfg, tok)
             self.model = AFNext(model_cfg)
-            init_weights(self.model, cfg.model.init_std)
+            init_weights(self.model, cfg.model.init_std, uniform_attention=cfg.model.init_uniform_attention)
             self.model.generation_defaults = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
                                               "max_new_tokens": 2048}
         else:
@@ -195,6 +199,7 @@ class Trainer:
         self.drops = DropCounter()
         self.step = 0
         self.samples_seen = 0
+        self._family_nll: dict[str, list] = {}  # per-family NLL sums of the current step
         self.resumed_step: int | None = None  # the checkpoint step this run resumed from
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.rank == 0,
                                      total_steps=cfg.optim.max_steps, progress=progress, stage=cfg.run.stage)
@@ -263,7 +268,12 @@ class Trainer:
                              logits_index=logits_index)
             token_nll = F.cross_entropy(out.logits.float(), target[flat], reduction="none")
             nll = token_nll.sum()
-            loss = nll / denom * self.world
+            if self.cfg.optim.loss_norm == "sample":  # denom counts samples: weigh each token by 1 / its sample's labels
+                seg = self._segments(batch, flat, row).to(token_nll.device)
+                per_sample = torch.bincount(seg, minlength=int(seg.max()) + 1 if seg.numel() else 0)
+                loss = (token_nll / per_sample[seg]).sum() / denom * self.world
+            else:
+                loss = nll / denom * self.world
             if "input_features" not in batch:
                 loss = loss + self._ghost_encoder()
         loss.backward()
@@ -275,14 +285,19 @@ class Trainer:
         families = batch.get("families")
         if not families or token_nll.numel() == 0:
             return
-        pos = (flat % (row - 1)).cpu()  # the logit's position in the packed row; its sample is the segment
-        seg = torch.searchsorted(batch["cu_seqlens"][1:-1].long(), pos, right=True).clamp(max=len(families) - 1)
+        seg = self._segments(batch, flat, row).clamp(max=len(families) - 1)
         sums = torch.zeros(len(families), dtype=torch.float64).index_add_(0, seg, token_nll.cpu().double())
         counts = torch.bincount(seg, minlength=len(families))
         for fam, total, n in zip(families, sums.tolist(), counts.tolist()):
             acc = self._family_nll.setdefault(fam, [0.0, 0])
             acc[0] += total
             acc[1] += n
+
+    @staticmethod
+    def _segments(batch: dict, flat: torch.Tensor, row: int) -> torch.Tensor:
+        """The packed sample (segment of `cu_seqlens`) each labelled logit belongs to."""
+        pos = (flat % (row - 1)).cpu()  # the logit's position in the packed row
+        return torch.searchsorted(batch["cu_seqlens"][1:-1].long(), pos, right=True)
 
     def _family_losses(self) -> dict[str, float]:
         merged = self._family_nll
@@ -322,16 +337,18 @@ class Trainer:
         samples = self._next_samples(per_rank)
         self.samples_seen += per_rank
         batches = self._micro_batches(samples)
-        counts = torch.tensor([len(batches), sum(s.n_label_tokens for s in samples)], dtype=torch.float64)
+        counts = torch.tensor([len(batches), sum(s.n_label_tokens for s in samples),
+                               sum(1 for s in samples if s.n_label_tokens)], dtype=torch.float64)
         counts = self._all_reduce(counts, op="max_sum")
         n_micro, n_labels = int(counts[0]), float(counts[1]) / self.sp_size  # SP ranks hold the same samples
+        denom = n_labels if self.cfg.optim.loss_norm == "token" else float(counts[2]) / self.sp_size
         batches += [self._empty_batch() for _ in range(n_micro - len(batches))]
         set_lr(self.optimizer, lr_factor(self.step, self.cfg.optim.max_steps, self.cfg.optim.warmup_ratio,
                                          self.cfg.optim.min_lr_ratio))
         nll_sum = 0.0
         self._family_nll: dict[str, list] = {}
         for batch in batches:
-            nll, _ = self._micro_step(batch, max(n_labels, 1.0))
+            nll, _ = self._micro_step(batch, max(denom, 1.0))
             nll_sum += nll
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad],

@@ -427,6 +427,24 @@ def asr_words(rng: np.random.Generator, index: int) -> Item:
                  {"transcript": transcript, "words": words, "spoken_text": spoken, **labels})
 
 
+# A Speech-Commands-sized vocabulary: 20 short, acoustically distinct English command words (no
+# homophones, no number words), so a small model meets each word hundreds of times in a nano corpus.
+COMMAND_WORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
+                                  "forward", "backward", "follow", "learn", "bed", "bird", "cat", "dog",
+                                  "house", "tree")
+
+
+@family("asr_commands", skill="speech")
+def asr_commands(rng: np.random.Generator, index: int) -> Item:
+    """3-6 distinct words from ``COMMAND_WORDS``; answer: the words in order, lower case, spaces."""
+    words = [COMMAND_WORDS[i] for i in rng.choice(len(COMMAND_WORDS), size=int(rng.integers(3, 7)), replace=False)]
+    transcript = " ".join(words)
+    spoken = ", ".join(words) + "." if rng.random() < 0.5 else transcript
+    wave, labels = _single(rng, _say(rng, spoken, _en_voice(rng)))
+    return _item("asr_commands", [wave], _pick(rng, PROMPTS["asr"]), transcript, "asr",
+                 {"transcript": transcript, "words": words, "spoken_text": spoken, **labels})
+
+
 @family("asr_sentence", skill="speech")
 def asr_sentence(rng: np.random.Generator, index: int) -> Item:
     """A grammar sentence ("The doctor found a red box in the garden yesterday.") read in English."""
@@ -648,6 +666,7 @@ def multi_talker(rng: np.random.Generator, index: int) -> Item:
 def all_text() -> Iterator[str]:
     """Every fixed string the speech families can put in a conversation (numbers spelled out too)."""
     yield from SPEECH_VOCAB
+    yield from COMMAND_WORDS
     yield from SUBJECTS + VERBS + OBJECTS + PLACES + TIMES
     for phrases in PHRASES.values():
         yield from phrases
