@@ -26,7 +26,7 @@ def test_clip_tags_take_scalar_string_labels_only():
 
 
 def test_ctc_targets_are_word_units_after_the_blank():
-    vocab = ["0", "6", "7", "apple", "pie"]
+    vocab = {w: i + 1 for i, w in enumerate(["0", "6", "7", "apple", "pie"])}
     assert ctc_target(SPEECH_LABELS, vocab) == [1, 2, 3]
     assert transcript_words({"transcript": "Apple, pie!"}) == ["apple", "pie"]
     assert ctc_target({"transcript": "Apple, pie!"}, vocab) == [4, 5]

@@ -80,13 +80,12 @@ def transcript_words(labels: dict) -> list[str]:
     text = labels.get("transcript")
     if not isinstance(text, str):
         return []
-    return [w for w in ("".join(c if c.isalnum() or c == "'" else " " for c in text.lower())).split() if w]
+    return "".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split()
 
 
-def ctc_target(labels: dict, word_vocab: list[str]) -> list[int] | None:
-    """Word-unit CTC target: 1 + each word's index in ``word_vocab`` (index 0 is the CTC blank)."""
-    index = {w: i + 1 for i, w in enumerate(word_vocab)}
-    ids = [index[w] for w in transcript_words(labels) if w in index]
+def ctc_target(labels: dict, word_index: dict[str, int]) -> list[int] | None:
+    """Word-unit CTC target: each word's ``word_index`` entry (1-based: index 0 is the CTC blank)."""
+    ids = [word_index[w] for w in transcript_words(labels) if w in word_index]
     return ids or None
 
 
@@ -94,6 +93,7 @@ class EncoderHeads(nn.Module):
     def __init__(self, dim: int, frame_vocab: list[str], clip_vocab: list[str], word_vocab: list[str]):
         super().__init__()
         self.frame_vocab, self.clip_vocab, self.word_vocab = frame_vocab, clip_vocab, word_vocab
+        self.word_index = {w: i + 1 for i, w in enumerate(word_vocab)}  # CTC symbol ids; 0 is the blank
         self.frame = nn.Linear(dim, len(frame_vocab))
         self.clip = nn.Linear(dim, max(1, len(clip_vocab)))
         self.ctc = nn.Linear(dim, len(word_vocab) + 1)
@@ -191,7 +191,7 @@ class EncoderPretrainer:
                 ct = torch.zeros(len(clip_index))
                 ct[[clip_index[t] for t in ctags]] = 1.0
                 clip_loss.append(F.binary_cross_entropy_with_logits(self.heads.clip(tokens.mean(0)), ct))
-            tgt = ctc_target(labels, self.heads.word_vocab)
+            tgt = ctc_target(labels, self.heads.word_index)
             if tgt is not None and len(tgt) <= tokens.shape[0]:
                 logp = self.heads.ctc(tokens).log_softmax(-1)[:, None]
                 ctc_loss.append(F.ctc_loss(logp, torch.tensor([tgt]), torch.tensor([tokens.shape[0]]),

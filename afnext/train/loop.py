@@ -268,24 +268,24 @@ class Trainer:
                              logits_index=logits_index)
             token_nll = F.cross_entropy(out.logits.float(), target[flat], reduction="none")
             nll = token_nll.sum()
+            seg = self._segments(batch, flat, row)  # the packed sample of each labelled logit
             if self.cfg.optim.loss_norm == "sample":  # denom counts samples: weigh each token by 1 / its sample's labels
-                seg = self._segments(batch, flat, row).to(token_nll.device)
-                per_sample = torch.bincount(seg, minlength=int(seg.max()) + 1 if seg.numel() else 0)
-                loss = (token_nll / per_sample[seg]).sum() / denom * self.world
+                dev_seg = seg.to(token_nll.device)
+                loss = (token_nll / torch.bincount(dev_seg)[dev_seg]).sum() / denom * self.world
             else:
                 loss = nll / denom * self.world
             if "input_features" not in batch:
                 loss = loss + self._ghost_encoder()
         loss.backward()
-        self._add_family_loss(batch, flat, row, token_nll.detach())
+        self._add_family_loss(batch, seg, token_nll.detach())
         return float(nll.detach()), int(flat.numel())
 
-    def _add_family_loss(self, batch: dict, flat: torch.Tensor, row: int, token_nll: torch.Tensor) -> None:
+    def _add_family_loss(self, batch: dict, seg: torch.Tensor, token_nll: torch.Tensor) -> None:
         """Per-task-family NLL sums and label counts of this step (which skill is being learned)."""
         families = batch.get("families")
         if not families or token_nll.numel() == 0:
             return
-        seg = self._segments(batch, flat, row).clamp(max=len(families) - 1)
+        seg = seg.clamp(max=len(families) - 1)
         sums = torch.zeros(len(families), dtype=torch.float64).index_add_(0, seg, token_nll.cpu().double())
         counts = torch.bincount(seg, minlength=len(families))
         for fam, total, n in zip(families, sums.tolist(), counts.tolist()):
