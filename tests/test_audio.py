@@ -79,6 +79,18 @@ def test_mel_parity_mixed_batch(whisper_fe):
     assert torch.allclose(alone[0], feats[2], atol=1e-6)
 
 
+def test_short_batches_skip_the_silent_tail_with_the_same_features():
+    """extract_features stops the STFT N_FFT samples after the longest window; the frames after it are
+    silent, so the features equal the transform of the whole zero-padded 30-s windows."""
+    signal = _chirp_noise(30.0, seed=2)
+    for windows in ([signal[:32_000], signal[:800]], [signal[:399]], [signal[:479_800], signal[:100]]):
+        feats, _ = A.extract_features(windows)
+        padded = torch.zeros(len(windows), A.WINDOW_SAMPLES)
+        for i, w in enumerate(windows):
+            padded[i, : len(w)] = torch.as_tensor(w)
+        torch.testing.assert_close(feats, A.log_mel_spectrogram(padded), atol=1e-6, rtol=0)
+
+
 def test_whisper_default_call_returns_sample_mask(whisper_fe):
     """Surprise worth pinning: with return_attention_mask set only in the constructor, the default
     call pads to 480000 samples and returns the *sample*-level mask; our frame mask is its [:, ::160]."""

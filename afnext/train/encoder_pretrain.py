@@ -55,7 +55,11 @@ from afnext.train.metrics import MetricsLogger
 CLIP_KEYS = ("class", "quality", "root", "note", "timbre", "gender", "language_name")
 EVENT_KEYS = ("timbre", "note")
 TOKEN_STEP_S = 0.04  # encoder output hop: 10-ms mel frames x conv stride 2 x avg-pool 2
+TOKEN_STEP_MS = 40  # the same hop in integer ms, for exact time digits
 WINDOW_S = 30.0
+ONSET_SPAN_S = 0.12  # seconds after an event's onset tagged "onset:<label>" (its first three tokens)
+TIME_PLACES = (100, 10, 1)  # tenths of a second per digit: tens, units and tenths of seconds
+BOUNDARY = 0  # word-pair index of "<s>" (as the previous word) and "</s>" (as the current one)
 
 
 def frame_tags(labels: dict) -> list[tuple[str, float, float]]:
@@ -64,6 +68,7 @@ def frame_tags(labels: dict) -> list[tuple[str, float, float]]:
     for ev in labels.get("events", []) or []:
         span = (float(ev["onset_s"]), float(ev["offset_s"]))
         out.append((f"event:{ev['label']}", *span))
+        out.append((f"onset:{ev['label']}", span[0], min(span[1], span[0] + ONSET_SPAN_S)))
         out += [(f"{k}:{ev[k]}", *span) for k in EVENT_KEYS if isinstance(ev.get(k), str)]
     for seg in labels.get("segments", []) or []:
         span = (float(seg["start_s"]), float(seg["end_s"]))
@@ -89,25 +94,80 @@ def ctc_target(labels: dict, word_index: dict[str, int]) -> list[int] | None:
     return ids or None
 
 
+def word_pairs(words: list[str]) -> list[tuple[str, str]]:
+    """(previous word, word) for each word, then (last word, "</s>"); the first previous word is "<s>"."""
+    seq = ["<s>", *words, "</s>"]
+    return list(zip(seq[:-1], seq[1:])) if words else []
+
+
+def pair_target(labels: dict, pair_index: dict[tuple[str, str], int]) -> list[int] | None:
+    """Word-pair CTC target: each (previous word, word) pair's ``pair_index`` entry (1-based; 0 is the blank)."""
+    ids = [pair_index[p] for p in word_pairs(transcript_words(labels)) if p in pair_index]
+    return ids or None
+
+
+def time_digits(n_tokens: int) -> torch.Tensor:
+    """(n_tokens, 3) tens, units and tenths of each token's start time in seconds (token i starts at 40 i ms),
+    exact in integers: the digits an answer like "23.4s" is written with."""
+    tenths = torch.arange(n_tokens) * TOKEN_STEP_MS // 100
+    return torch.stack([tenths // place % 10 for place in TIME_PLACES], dim=-1)
+
+
+def length_groups(lengths: torch.Tensor, max_group: int) -> list[torch.Tensor]:
+    """Indices of ``lengths`` in descending-length groups of at most ``max_group``, a new group starting
+    where a length falls below half of its group's longest (each group costs its longest times its size)."""
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    groups: list[list[int]] = []
+    for i in order:
+        if not groups or len(groups[-1]) >= max(1, max_group) or 2 * int(lengths[i]) < int(lengths[groups[-1][0]]):
+            groups.append([])
+        groups[-1].append(i)
+    return [torch.tensor(g) for g in groups]
+
+
 class EncoderHeads(nn.Module):
-    def __init__(self, dim: int, frame_vocab: list[str], clip_vocab: list[str], word_vocab: list[str]):
+    """Light heads, discarded after the stage. On the encoder output: frame tags, clip tags, word CTC.
+    On the adapter output, what the LLM reads, two read-outs that the LLM would otherwise have to
+    discover through its own answers (see the module docstring): each token's time digits, and word-pair
+    CTC, whose (previous, current) symbols are scored as a sum of a previous-word and a current-word
+    term, so the two words sit in separate linear codes of the same tokens."""
+
+    def __init__(self, dim: int, frame_vocab: list[str], clip_vocab: list[str], word_vocab: list[str],
+                 pair_vocab: list[tuple[str, str]] | None = None, llm_dim: int | None = None):
         super().__init__()
         self.frame_vocab, self.clip_vocab, self.word_vocab = frame_vocab, clip_vocab, word_vocab
         self.word_index = {w: i + 1 for i, w in enumerate(word_vocab)}  # CTC symbol ids; 0 is the blank
         self.frame = nn.Linear(dim, len(frame_vocab))
         self.clip = nn.Linear(dim, max(1, len(clip_vocab)))
         self.ctc = nn.Linear(dim, len(word_vocab) + 1)
+        self.pair_vocab = list(pair_vocab or [])
+        self.pair_index = {p: i + 1 for i, p in enumerate(self.pair_vocab)}
+        out_dim = llm_dim or dim
+        self.time = nn.Linear(out_dim, 10 * len(TIME_PLACES))
+        # word index BOUNDARY stands for "<s>" on the previous side and "</s>" on the current side
+        pairs = [[self.word_index.get(p, BOUNDARY), self.word_index.get(c, BOUNDARY)] for p, c in self.pair_vocab]
+        self.register_buffer("pair_words", torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), persistent=False)
+        self.pair_prev = nn.Linear(out_dim, len(word_vocab) + 1)
+        self.pair_cur = nn.Linear(out_dim, len(word_vocab) + 1)
+        self.pair_blank = nn.Linear(out_dim, 1)
+
+    def pair_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, d) -> (T, 1 + pairs): the blank, then prev-word score + current-word score per pair."""
+        prev, cur = self.pair_prev(x), self.pair_cur(x)
+        return torch.cat([self.pair_blank(x), prev[:, self.pair_words[:, 0]] + cur[:, self.pair_words[:, 1]]], dim=-1)
 
 
-def build_vocab(dataset: ManifestDataset) -> tuple[list[str], list[str], list[str]]:
-    """Frame tags, clip tags and transcript words seen in the dataset, each sorted."""
-    frames, clips, words = set(), set(), set()
+def build_vocab(dataset: ManifestDataset) -> tuple[list[str], list[str], list[str], list[tuple[str, str]]]:
+    """Frame tags, clip tags, transcript words and transcript word pairs seen in the dataset, each sorted."""
+    frames, clips, words, pairs = set(), set(), set(), set()
     for i in range(len(dataset)):
         labels = dataset.record(i).extra.get("labels") or {}
         frames.update(t for t, _, _ in frame_tags(labels))
         clips.update(clip_tags(labels))
-        words.update(transcript_words(labels))
-    return sorted(frames), sorted(clips), sorted(words)
+        ws = transcript_words(labels)
+        words.update(ws)
+        pairs.update(word_pairs(ws))
+    return sorted(frames), sorted(clips), sorted(words), sorted(pairs)
 
 
 class EncoderPretrainer:
@@ -142,10 +202,11 @@ class EncoderPretrainer:
         if not self.eligible:
             raise TrainError(f"mixture {cfg.data.mixture!r} has no audio clip of at most data.max_audio_s = "
                              f"{cfg.data.max_audio_s:g} s with a stated duration")
-        frame_vocab, clip_vocab, word_vocab = build_vocab(self.dataset)
-        self.heads = EncoderHeads(self.model.config.encoder.hidden_size, frame_vocab, clip_vocab, word_vocab)
+        frame_vocab, clip_vocab, word_vocab, pair_vocab = build_vocab(self.dataset)
+        self.heads = EncoderHeads(self.model.config.encoder.hidden_size, frame_vocab, clip_vocab, word_vocab,
+                                  pair_vocab, llm_dim=self.model.config.llm.hidden_size)
         lr = cfg.optim.lr.get("encoder", 1e-3)
-        params = list(self.model.encoder.parameters()) + list(self.heads.parameters())
+        params = [*self.model.encoder.parameters(), *self.model.adapter.parameters(), *self.heads.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
         for g in self.optimizer.param_groups:
             g["initial_lr"] = lr
@@ -155,7 +216,8 @@ class EncoderPretrainer:
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         cfg.save(self.run_dir / "config.json")
         (self.run_dir / "heads.json").write_text(json.dumps({"frame": frame_vocab, "clip": clip_vocab,
-                                                             "ctc_words": word_vocab}, indent=1) + "\n")
+                                                             "ctc_words": word_vocab, "ctc_pairs": pair_vocab},
+                                                            indent=1) + "\n")
 
     def _next_items(self, n: int) -> list[dict]:
         items = []
@@ -170,16 +232,33 @@ class EncoderPretrainer:
         waves = [it["waves"][0] for it in items]
         feats = self.processor(["<sound>"] * len(items), audio=waves)
         mask = feats["input_features_mask"]
-        hidden = self.model.encoder(feats["input_features"], mask)  # (W, T, d), windows in clip order
-        per_window = tokens_from_mel_frames(mask.sum(-1).long()).tolist()
+        per_window = tokens_from_mel_frames(mask.sum(-1).long())
+        # what the LLM will read: RoTE (when on) and the adapter, each window placed in its own clip
+        window_index = torch.cat([torch.arange(max(1, math.ceil(len(wv) / (WINDOW_S * 16000)))) for wv in waves])
+        hidden: list[torch.Tensor | None] = [None] * len(per_window)
+        adapted: list[torch.Tensor | None] = [None] * len(per_window)
+        # Windows in sub-batches of similar length, as AFNext.encode does: each is trimmed to its longest
+        # window, so the 2-s transcription clips do not pay for the full 30-s windows of the onset clips.
+        for rows in length_groups(per_window, int(self.model.encoder_batch_windows)):
+            h = self.model.encoder(feats["input_features"][rows], mask[rows])
+            placed = h if self.model.rote is None else self.model.rote(h, window_index[rows], self.model.encoder.tokens_per_window)
+            a = self.model.adapter(placed)
+            for j, row in enumerate(rows.tolist()):
+                n = max(1, int(per_window[row]))
+                hidden[row], adapted[row] = h[j, :n], a[j, :n]
         frame_index = {t: i for i, t in enumerate(self.heads.frame_vocab)}
         clip_index = {t: i for i, t in enumerate(self.heads.clip_vocab)}
-        frame_loss, clip_loss, ctc_loss, n_ctc = [], [], [], 0
+        frame_loss, clip_loss, ctc_loss, pair_loss, time_loss = [], [], [], [], []
         w = 0
         for it, wave in zip(items, waves):
             n_win = max(1, math.ceil(len(wave) / (WINDOW_S * 16000)))
-            tokens = torch.cat([hidden[w + k, : max(1, int(per_window[w + k]))] for k in range(n_win)])
+            tokens = torch.cat(hidden[w: w + n_win])
+            out_tokens = torch.cat(adapted[w: w + n_win])
             w += n_win
+            # every window but the last is full, so token i of the clip starts at 40 i ms
+            digits = time_digits(out_tokens.shape[0])
+            logits = self.heads.time(out_tokens).unflatten(-1, (len(TIME_PLACES), 10))
+            time_loss.append(F.cross_entropy(logits.flatten(0, 1), digits.flatten()))
             labels = (it.get("extra") or {}).get("labels") or {}
             times = torch.arange(tokens.shape[0], dtype=torch.float32) * TOKEN_STEP_S
             target = torch.zeros(tokens.shape[0], len(frame_index))
@@ -196,12 +275,18 @@ class EncoderPretrainer:
                 logp = self.heads.ctc(tokens).log_softmax(-1)[:, None]
                 ctc_loss.append(F.ctc_loss(logp, torch.tensor([tgt]), torch.tensor([tokens.shape[0]]),
                                            torch.tensor([len(tgt)]), reduction="sum", zero_infinity=True) / len(tgt))
-                n_ctc += 1
-        out = {"frame": torch.stack(frame_loss).mean()}
+            ptgt = pair_target(labels, self.heads.pair_index)
+            if ptgt is not None and len(ptgt) <= out_tokens.shape[0]:
+                logp = self.heads.pair_logits(out_tokens).log_softmax(-1)[:, None]
+                pair_loss.append(F.ctc_loss(logp, torch.tensor([ptgt]), torch.tensor([out_tokens.shape[0]]),
+                                            torch.tensor([len(ptgt)]), reduction="sum", zero_infinity=True) / len(ptgt))
+        out = {"frame": torch.stack(frame_loss).mean(), "time": torch.stack(time_loss).mean()}
         if clip_loss:
             out["clip"] = torch.stack(clip_loss).mean()
         if ctc_loss:
             out["ctc"] = torch.stack(ctc_loss).mean()
+        if pair_loss:
+            out["pair"] = torch.stack(pair_loss).mean()
         return out
 
     def fit(self) -> Path:
