@@ -8,12 +8,14 @@ audio to 1e-6 after 1,500 steps). Two things move that: init std 0.1 with zero L
 attention at step 0, ``ModelConfig.init_uniform_attention``), and features that already separate the
 answers. Transcription needs the second most: through the LLM alone, digit transcripts stay at chance
 for 400 steps, while after 200 steps of this stage's word CTC the LLM gets the first digit right
-within 300 steps. This stage therefore trains the encoder directly, with three light heads on its
-output tokens (25 per second), built from the exact labels the synthetic corpus records:
+within 300 steps. This stage therefore trains the encoder (and the adapter) directly, with light
+heads on their output tokens (25 per second), built from the exact labels the synthetic corpus
+records. On the encoder output:
 
 - frame tags (binary cross-entropy per token): which sources are active at that token's time - each
-  event's class (``labels.events[*].label``, plus its ``timbre``/``note`` when given) and each speech
-  segment's speaker gender and language (``labels.segments``);
+  event's class (``labels.events[*].label``, plus its ``timbre``/``note`` when given), the first
+  ``ONSET_SPAN_S`` of each event (``onset:<class>``: the tokens an onset question must find, not the
+  whole event), and each speech segment's speaker gender and language (``labels.segments``);
 - clip tags (binary cross-entropy on the mean of the clip's tokens): the clip's scalar string labels
   (``class``, ``quality``, ``root``, ``note``, ``timbre``, ``gender``, ``language_name``);
 - transcripts (CTC over *words*): ``labels.transcript`` for spoken digits and words. Characters do not
@@ -22,8 +24,19 @@ output tokens (25 per second), built from the exact labels the synthetic corpus 
   leaves ~9 tokens per unit (on spoken digits, where characters are words, CTC falls from 2.6 to 0.8
   nats per symbol in 200 steps of batch 16).
 
-The heads are discarded; the export is the whole AF-Next (encoder trained, adapter and LLM still at
-their initialisation), and the next stage (``run.init`` = this run) trains everything through the LLM.
+On the adapter output (after RoTE when it is on), which is what the LLM reads, two read-outs that the
+LLM otherwise has to discover through its answers alone:
+
+- time digits (cross-entropy per token): the tens, units and tenths of the token's start time, the
+  digits an onset answer ("23.4s") is written with. Self-supervised: a token's time is its index. With
+  RoTE the window index is in the features; without it, tokens 30 s apart look alike.
+- word-pair CTC: one symbol per (previous word, word) of the transcript, from ("<s>", first) to
+  (last, "</s>"), scored as a previous-word term plus a current-word term. An LLM writing a transcript
+  can then find the next word with one lookup keyed by the word it just wrote, instead of first
+  learning to track its place in the audio.
+
+The heads are discarded; the export is the whole AF-Next (encoder and adapter trained, the LLM still
+at its initialisation), and the next stage (``run.init`` = this run) trains everything through the LLM.
 """
 
 from __future__ import annotations
@@ -241,8 +254,11 @@ class EncoderPretrainer:
         # window, so the 2-s transcription clips do not pay for the full 30-s windows of the onset clips.
         for rows in length_groups(per_window, int(self.model.encoder_batch_windows)):
             h = self.model.encoder(feats["input_features"][rows], mask[rows])
-            placed = h if self.model.rote is None else self.model.rote(h, window_index[rows], self.model.encoder.tokens_per_window)
-            a = self.model.adapter(placed)
+            if self.model.rote is not None:
+                h_placed = self.model.rote(h, window_index[rows], self.model.encoder.tokens_per_window)
+            else:
+                h_placed = h
+            a = self.model.adapter(h_placed)
             for j, row in enumerate(rows.tolist()):
                 n = max(1, int(per_window[row]))
                 hidden[row], adapted[row] = h[j, :n], a[j, :n]
