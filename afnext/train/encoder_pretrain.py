@@ -183,6 +183,13 @@ def build_vocab(dataset: ManifestDataset) -> tuple[list[str], list[str], list[st
     return sorted(frames), sorted(clips), sorted(words), sorted(pairs)
 
 
+def _ctc_per_symbol(logits: torch.Tensor, target: list[int]) -> torch.Tensor:
+    """CTC loss of one clip's (T, symbols) logits (blank = 0) against ``target``, per target symbol."""
+    logp = logits.log_softmax(-1)[:, None]
+    return F.ctc_loss(logp, torch.tensor([target]), torch.tensor([logits.shape[0]]), torch.tensor([len(target)]),
+                      reduction="sum", zero_infinity=True) / len(target)
+
+
 class EncoderPretrainer:
     def __init__(self, cfg: TrainConfig, *, progress: bool = True):
         from afnext.train.loop import TrainError, init_weights, scratch_config
@@ -247,7 +254,8 @@ class EncoderPretrainer:
         mask = feats["input_features_mask"]
         per_window = tokens_from_mel_frames(mask.sum(-1).long())
         # what the LLM will read: RoTE (when on) and the adapter, each window placed in its own clip
-        window_index = torch.cat([torch.arange(max(1, math.ceil(len(wv) / (WINDOW_S * 16000)))) for wv in waves])
+        n_windows = [max(1, math.ceil(len(wv) / (WINDOW_S * 16000))) for wv in waves]
+        window_index = torch.cat([torch.arange(n) for n in n_windows])
         hidden: list[torch.Tensor | None] = [None] * len(per_window)
         adapted: list[torch.Tensor | None] = [None] * len(per_window)
         # Windows in sub-batches of similar length, as AFNext.encode does: each is trimmed to its longest
@@ -266,8 +274,7 @@ class EncoderPretrainer:
         clip_index = {t: i for i, t in enumerate(self.heads.clip_vocab)}
         frame_loss, clip_loss, ctc_loss, pair_loss, time_loss = [], [], [], [], []
         w = 0
-        for it, wave in zip(items, waves):
-            n_win = max(1, math.ceil(len(wave) / (WINDOW_S * 16000)))
+        for it, n_win in zip(items, n_windows):
             tokens = torch.cat(hidden[w: w + n_win])
             out_tokens = torch.cat(adapted[w: w + n_win])
             w += n_win
@@ -288,14 +295,10 @@ class EncoderPretrainer:
                 clip_loss.append(F.binary_cross_entropy_with_logits(self.heads.clip(tokens.mean(0)), ct))
             tgt = ctc_target(labels, self.heads.word_index)
             if tgt is not None and len(tgt) <= tokens.shape[0]:
-                logp = self.heads.ctc(tokens).log_softmax(-1)[:, None]
-                ctc_loss.append(F.ctc_loss(logp, torch.tensor([tgt]), torch.tensor([tokens.shape[0]]),
-                                           torch.tensor([len(tgt)]), reduction="sum", zero_infinity=True) / len(tgt))
+                ctc_loss.append(_ctc_per_symbol(self.heads.ctc(tokens), tgt))
             ptgt = pair_target(labels, self.heads.pair_index)
             if ptgt is not None and len(ptgt) <= out_tokens.shape[0]:
-                logp = self.heads.pair_logits(out_tokens).log_softmax(-1)[:, None]
-                pair_loss.append(F.ctc_loss(logp, torch.tensor([ptgt]), torch.tensor([out_tokens.shape[0]]),
-                                            torch.tensor([len(ptgt)]), reduction="sum", zero_infinity=True) / len(ptgt))
+                pair_loss.append(_ctc_per_symbol(self.heads.pair_logits(out_tokens), ptgt))
         out = {"frame": torch.stack(frame_loss).mean(), "time": torch.stack(time_loss).mean()}
         if clip_loss:
             out["clip"] = torch.stack(clip_loss).mean()
