@@ -27,7 +27,8 @@ from afnext.eval.metrics import corpus_wer, mmau_is_correct, strip_reasoning
 from afnext.think import extract_evidence
 
 ASR_FAMILIES = ("asr_digits", "asr_words", "asr_commands")
-ONSET_FAMILY = "event_onset"
+ONSET_FAMILY = "event_onset"  # the headline onset figure (10-60 s clips)
+ONSET_FAMILIES = (ONSET_FAMILY, "event_onset_short")  # scored by onset error
 
 
 def predicted_onset(text: str) -> float | None:
@@ -97,7 +98,7 @@ def score(records, predictions) -> dict:
             entry["wer"] = corpus_wer(zip(refs, preds))
             perm = _derangement(len(refs))
             entry["chance_wer"] = corpus_wer((refs[i], refs[perm[i]]) for i in range(len(refs)))
-        elif fam == ONSET_FAMILY:
+        elif fam in ONSET_FAMILIES:
             truth = [float(r.extra["labels"]["onset_s"]) for r in recs]
             guesses = [predicted_onset(p) for p in preds]
             durations = [float(r.total_duration or 0) for r in recs]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,12 @@ class OptimConfig:
     # the gradient for ~45 % of the samples).
     loss_norm: str = "token"
     max_steps: int = 100
+    # Grounding loss (afnext.train.grounding): weight of -log attention mass of one LLM head on the
+    # labelled onset tokens of event_onset items, normalised like the answer loss; 0 turns it off.
+    grounding_weight: float = 0.0
+    grounding_layer: int = 1  # LLM layer whose attention is supervised
+    grounding_heads: list[int] = field(default_factory=lambda: [0])  # query heads of that layer (and of grounding_label_layer)
+    grounding_label_layer: int = -1  # an earlier layer taught to look at the question's event name; -1: off
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -184,6 +191,13 @@ class TrainConfig:
         if self.optim.loss_norm == "sample" and self.system.sp_ulysses * self.system.sp_ring > 1:
             raise TrainConfigError(f"{source}: optim.loss_norm = 'sample' is not supported with sequence parallelism "
                                    f"(sp_ulysses x sp_ring > 1); use 'token'")
+        if not (math.isfinite(o.grounding_weight) and o.grounding_weight >= 0):
+            raise TrainConfigError(f"{source}: optim.grounding_weight must be a finite number >= 0, got {o.grounding_weight!r}")
+        if o.grounding_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
+            raise TrainConfigError(f"{source}: optim.grounding_weight is not supported with sequence parallelism "
+                                   f"(sp_ulysses x sp_ring > 1)")
+        if o.grounding_weight and self.system.activation_checkpointing:
+            raise TrainConfigError(f"{source}: optim.grounding_weight is not supported with system.activation_checkpointing")
         if self.run.objective not in ("lm", "encoder"):
             raise TrainConfigError(f"{source}: run.objective must be 'lm' or 'encoder', got {self.run.objective!r}")
         if not self.data.registry:

@@ -21,6 +21,7 @@ Stage 0 ("scratch"): a nano model is built from [model] with random weights and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from afnext.data.loader import ManifestDataset, SkippingLoader
 from afnext.data.mixture import MixtureSampler, Registry, build_mixture
 from afnext.data.packing import best_fit_pack, collate_packed
 from afnext.data.tokenize import DropCounter, StageCaps, TrainSample, encode_sample
+from afnext.train.grounding import GroundingProbe, asked_name, grounding_span, onset_of, probe_attention, word_span
 from afnext.model.afnext import IGNORE_INDEX, AFNext
 from afnext.processor import Processor
 from afnext.tokenizer import TextTokenizer
@@ -170,6 +172,14 @@ class Trainer:
 
             apply_fsdp(self.model, data_parallel_mesh(self.device.type, self.world))
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self._ground_attn = self._grounding_attention(cfg.optim.grounding_layer) if cfg.optim.grounding_weight else None
+        self._label_attn = None
+        if self._ground_attn is not None and cfg.optim.grounding_label_layer >= 0:
+            if cfg.optim.grounding_label_layer >= cfg.optim.grounding_layer:
+                raise TrainError(f"optim.grounding_label_layer={cfg.optim.grounding_label_layer} must come before "
+                                 f"optim.grounding_layer={cfg.optim.grounding_layer}")
+            self._label_attn = self._grounding_attention(cfg.optim.grounding_label_layer)
+        self._ground_acc = [0.0, 0]  # this step's grounding loss sum and grounded-sample count
 
         # Sequence parallelism: each SP group (ulysses x ring ranks) shares one data-parallel slot and
         # processes the same micro-batches, each rank a shard of the sequence (afnext.parallel.sequence).
@@ -223,8 +233,41 @@ class Trainer:
                                    family=extra.get("family"))
             sample = self.drops.keep(result)
             if sample is not None:
+                onset = onset_of(extra) if self._ground_attn is not None else None
+                if onset is not None:
+                    sample.ground = grounding_span(sample.input_ids, self.model.config.audio_token_id, onset)
+                    name = asked_name(extra)
+                    if sample.ground is not None and self._label_attn is not None and name:
+                        answer = int((sample.labels != IGNORE_INDEX).nonzero()[0])
+                        sample.ground_label = word_span(sample.input_ids, self.processor.tokenizer.encode(" " + name), answer)
                 out.append(sample)
         return out
+
+    def _grounding_attention(self, layer: int) -> torch.nn.Module:
+        o = self.cfg.optim
+        layers = self.model.llm.layers
+        if not 0 <= layer < len(layers):
+            name = "grounding_layer" if layer == o.grounding_layer else "grounding_label_layer"
+            raise TrainError(f"optim.{name}={layer}: the LLM has layers 0..{len(layers) - 1}")
+        attn = layers[layer].self_attn
+        if not o.grounding_heads or any(not 0 <= h < attn.heads for h in o.grounding_heads):
+            raise TrainError(f"optim.grounding_heads={o.grounding_heads}: the LLM has heads 0..{attn.heads - 1}")
+        return attn
+
+    def _grounding_probe(self, batch: dict, flat: torch.Tensor, seg: torch.Tensor, key: str) -> GroundingProbe | None:
+        """The probe for this packed row: each grounded sample's answer positions attend to its span
+        (``key``: "ground", the event's onset tokens, or "ground_label", the question's name for it)."""
+        spans = batch.get(key)
+        if not spans or not any(s is not None for s in spans):
+            return None
+        starts = batch["cu_seqlens"].tolist()
+        targets = []
+        for i, span in enumerate(spans):
+            queries = flat[seg.to(flat.device) == i]  # logit at p predicts p + 1: p attends; rows hold one packed row
+            if span is None or queries.numel() == 0:
+                continue
+            targets.append((queries, span[0] + starts[i], span[1] + starts[i], starts[i]))
+        return GroundingProbe(self.cfg.optim.grounding_heads, targets) if targets else None
 
     def _micro_batches(self, samples: list[TrainSample]) -> list[dict]:
         bins = best_fit_pack([len(s) for s in samples], self.cfg.data.token_budget) if samples else []
@@ -235,6 +278,8 @@ class Trainer:
             width = min(self.cfg.data.token_budget, -(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
             batch = collate_packed(group, width, self.processor.pad_token_id)
             batch["families"] = [s.family or "unknown" for s in group]
+            batch["ground"] = [s.ground for s in group]
+            batch["ground_label"] = [s.ground_label for s in group]
             batches.append(batch)
         return batches
 
@@ -260,7 +305,16 @@ class Trainer:
         flat = torch.nonzero(target != IGNORE_INDEX).squeeze(1)
         row = ids.shape[1]
         logits_index = (flat // (row - 1)) * row + flat % (row - 1)
-        with self._autocast():
+        seg = self._segments(batch, flat, row)  # the packed sample of each labelled logit
+        probes = []  # (attention module, probe) of this packed row
+        if self._ground_attn is not None and ids.shape[0] == 1:
+            for attn, key in ((self._ground_attn, "ground"), (self._label_attn, "ground_label")):
+                probe = self._grounding_probe(batch, flat, seg, key) if attn is not None else None
+                if probe is not None:
+                    probes.append((attn, probe))
+        with self._autocast(), contextlib.ExitStack() as hooks:
+            for attn, probe in probes:
+                hooks.enter_context(probe_attention(attn, probe))
             out = self.model(input_ids=ids, position_ids=batch["position_ids"].to(self.device),
                              cu_seqlens=batch["cu_seqlens"].to(self.device),
                              input_features=batch.get("input_features"),
@@ -268,12 +322,18 @@ class Trainer:
                              logits_index=logits_index)
             token_nll = F.cross_entropy(out.logits.float(), target[flat], reduction="none")
             nll = token_nll.sum()
-            seg = self._segments(batch, flat, row)  # the packed sample of each labelled logit
             if self.cfg.optim.loss_norm == "sample":  # denom counts samples: weigh each token by 1 / its sample's labels
                 dev_seg = seg.to(token_nll.device)
                 loss = (token_nll / torch.bincount(dev_seg)[dev_seg]).sum() / denom * self.world
             else:
                 loss = nll / denom * self.world
+            for i, (_, probe) in enumerate(probes):
+                if probe.losses:
+                    ground = torch.stack(probe.losses)
+                    loss = loss + self.cfg.optim.grounding_weight * ground.sum() / denom * self.world
+                    if i == 0:  # the onset look-up is what the metric reports
+                        self._ground_acc[0] += float(ground.detach().sum())
+                        self._ground_acc[1] += ground.numel()
             if "input_features" not in batch:
                 loss = loss + self._ghost_encoder()
         loss.backward()
@@ -347,6 +407,7 @@ class Trainer:
                                          self.cfg.optim.min_lr_ratio))
         nll_sum = 0.0
         self._family_nll: dict[str, list] = {}
+        self._ground_acc = [0.0, 0]
         for batch in batches:
             nll, _ = self._micro_step(batch, max(denom, 1.0))
             nll_sum += nll
@@ -363,7 +424,7 @@ class Trainer:
         stats = self._all_reduce(stats)
         stats[1:] /= self.sp_size  # tokens, audio and samples of an SP group were counted by each of its ranks
         dt = time.perf_counter() - t0
-        return {
+        record = {
             "step": self.step,
             "loss": float(stats[0] / max(n_labels, 1.0)),
             "lr": {g["group"]: g["lr"] for g in self.optimizer.param_groups},
@@ -380,6 +441,10 @@ class Trainer:
             "dropped": self.drops.as_dict(),
             "skipped": self.loader.summary.skipped if hasattr(self.loader, "summary") else 0,
         }
+        if self._ground_attn is not None:  # mean -log attention mass on the onset, over grounded samples
+            g = self._all_reduce(torch.tensor(self._ground_acc, dtype=torch.float64))
+            record["loss_ground"] = float(g[0] / g[1]) if g[1] else None
+        return record
 
     # ---- the run ---------------------------------------------------------------------------------
     def fit(self) -> Path:

@@ -28,7 +28,7 @@ Design choices shared by the families:
   tests shorten that range with ``long_durations(lo, hi)`` without changing any other draw.
 
 Families: sound_class (MC), sound_count, sound_order, loudness_compare, duration_compare,
-event_onset, event_span, long_event_grounding (long), music_tempo, music_tempo_mc, music_pitch,
+event_onset, event_onset_short, event_span, long_event_grounding (long), music_tempo, music_tempo_mc, music_pitch,
 music_pitch_mc, music_timbre (MC), music_key (MC), chord_quality (MC), multi_audio_compare,
 dense_caption, think_temporal.
 """
@@ -429,6 +429,26 @@ def event_onset(rng: np.random.Generator, index: int) -> Item:
     wave, events, noise, total, target = _grounding_scene(rng)
     question = _pick(rng, ONSET_QUESTIONS).format(x=NOUN[target["label"]])
     return _item("event_onset", [wave], question, _fmt(target["onset_s"]), "event_onset",
+                 _labels(events, noise, _t(total), target=target["label"], onset_s=target["onset_s"],
+                         offset_s=target["offset_s"]))
+
+
+SHORT_ONSET_S = (5.0, 15.0)  # seconds: clip length of event_onset_short
+
+
+@family("event_onset_short", skill="temporal")
+def event_onset_short(rng: np.random.Generator, index: int) -> Item:
+    """event_onset on 5-15 s clips with 2-3 events, same questions and answer format: a first lesson
+    in finding an event among a few hundred audio tokens rather than 1,500, at a sixth of the cost."""
+    labels = _sample(rng, EVENT_LABELS, int(rng.integers(2, 4)))
+    lengths = [_event_units(rng, lab) for lab in labels]
+    gap, edge = round(MIN_GAP_S * UNITS_PER_S), round(EDGE_S * UNITS_PER_S)
+    total = _units(rng, *SHORT_ONSET_S) // UNITS_PER_S * UNITS_PER_S
+    total = max(total, _fit_total(rng, lengths, gap, edge, extra_s=(0.0, 0.0)))
+    wave, events, noise = _event_scene(rng, labels, lengths, total)
+    target = _pick(rng, events)
+    question = _pick(rng, ONSET_QUESTIONS).format(x=NOUN[target["label"]])
+    return _item("event_onset_short", [wave], question, _fmt(target["onset_s"]), "event_onset",
                  _labels(events, noise, _t(total), target=target["label"], onset_s=target["onset_s"],
                          offset_s=target["offset_s"]))
 

@@ -1,0 +1,129 @@
+"""Grounding loss: one attention head of the LLM is taught where the asked-about event starts.
+
+Used by the nano stage 0b only (``optim.grounding_weight``; 0 turns it off, the default). Why it is
+needed: an onset answer ("12.4s") needs the answer position to single out the ~3 audio tokens where the
+named event starts, among up to 1,500, and to read their time. Trained from the answers alone, a
+randomly initialised LLM has to discover the selection and the read-out together: while attention is
+near-uniform, the average it reads says nothing about the answer, so the read-out learns nothing, so
+the selection gets no signal (measured: onset loss flat for 800 steps of stage 0b; 4,800 onset
+samples of 5-15-s clips alone moved the digit loss by 0.1 nats). A pretrained LLM arrives with such
+look-ups; a nano one trained from scratch does not. The loss below is ``-log`` of the attention mass
+one head puts on the target tokens, whose gradient does not vanish at uniform attention (it is
+``1 - mass`` on each target logit), so the selection is learned first and the read-out follows.
+
+Selecting the right event needs the asked-about name at the answer position first (a second look-up,
+from the answer back to the question), and that one starts just as diluted among the audio tokens:
+measured, with the onset look-up supervised alone its loss settled at -log(1/2)..-log(1/3), i.e. the
+head found the onsets of *all* 2-3 events of a clip, and the answer loss barely moved. So an optional
+second probe (``optim.grounding_label_layer``) teaches an earlier layer's head to look from the answer
+at the question's words naming the event.
+
+The labels are data the synthetic corpus already has (``labels.onset_s`` and ``labels.target`` of
+``event_onset`` items). The loss is computed inside the attention module's forward (a forward hook), so it sees the layer's
+weights while FSDP has them unsharded; the model code knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from afnext.audio import TOKEN_SECONDS
+from afnext.model.llm import apply_rope
+
+GROUNDED_TASKS = ("event_onset",)  # manifest ``task`` values whose ``labels.onset_s`` is grounded
+SPAN_S = 0.12  # seconds from the labelled onset that count as "the start" (3 tokens; the fade-in is 5 ms)
+
+
+def onset_of(extra: dict | None) -> float | None:
+    """The labelled onset (s) of a grounded item's asked-about event, else None."""
+    extra = extra or {}
+    if extra.get("task") not in GROUNDED_TASKS:
+        return None
+    onset = (extra.get("labels") or {}).get("onset_s")
+    return float(onset) if isinstance(onset, (int, float)) and math.isfinite(onset) and onset >= 0 else None
+
+
+def asked_name(extra: dict | None) -> str | None:
+    """The words a grounded item's question uses for its event (``NOUN`` of ``labels.target``)."""
+    from afnext.data.families.sound import NOUN
+
+    return NOUN.get(((extra or {}).get("labels") or {}).get("target"))
+
+
+def word_span(input_ids: torch.Tensor, word_ids: list[int], before: int) -> tuple[int, int] | None:
+    """[lo, hi) of the last occurrence of ``word_ids`` in ``input_ids[:before]``, or None."""
+    n = len(word_ids)
+    if n == 0:
+        return None
+    ids = input_ids[:before].tolist()
+    for lo in range(len(ids) - n, -1, -1):
+        if ids[lo: lo + n] == word_ids:
+            return lo, lo + n
+    return None
+
+
+def grounding_span(input_ids: torch.Tensor, audio_token_id: int, onset_s: float,
+                   span_s: float = SPAN_S) -> tuple[int, int] | None:
+    """[lo, hi) positions in ``input_ids`` (1-D) of the audio tokens covering [onset_s, onset_s + span_s).
+
+    Token i of an audio covers [i, i + 1) x 40 ms from the audio's start (windows are 750 tokens =
+    30 s, so this holds across windows). None when the sample has not exactly one audio run or the
+    onset lies beyond its audio (cut by a stage cap)."""
+    slots = (input_ids == audio_token_id).nonzero().flatten()
+    if slots.numel() == 0 or int(slots[-1] - slots[0]) + 1 != slots.numel():
+        return None
+    first = int(slots[0])
+    lo = int(math.floor(onset_s / TOKEN_SECONDS + 1e-6))
+    hi = max(lo + 1, int(math.ceil((onset_s + span_s) / TOKEN_SECONDS - 1e-6)))
+    hi = min(hi, slots.numel())
+    if lo >= hi:
+        return None
+    return first + lo, first + hi
+
+
+class GroundingProbe:
+    """Collects, for one forward pass, ``-log`` attention mass of ``heads`` on each target span.
+
+    ``targets``: (queries, lo, hi, start) per grounded sample of the packed row: the positions whose
+    attention is supervised (1-D long tensor), the target span [lo, hi) and the sample's first
+    position (keys before it belong to another sample). After the forward, ``losses`` holds one
+    scalar per target: the mean over its queries and the heads of -log(mass)."""
+
+    def __init__(self, heads: list[int], targets: list[tuple[torch.Tensor, int, int, int]]):
+        self.heads = list(heads)
+        self.targets = targets
+        self.losses: list[torch.Tensor] = []
+
+    def __call__(self, module, args, output) -> None:
+        if self.losses:  # a recomputation (activation checkpointing) must not count twice
+            return
+        x, cos, sin = args[0], args[1], args[2]
+        d = module.head_dim
+        heads = torch.tensor(self.heads, device=x.device)
+        kv_heads = heads // (module.heads // module.kv_heads)  # grouped-query attention: each head's key head
+        for queries, lo, hi, start in self.targets:
+            end = int(queries.max()) + 1
+            q = module.q_proj(x[0, queries]).view(-1, module.heads, d)[:, heads].transpose(0, 1)  # (h, n, d)
+            k = module.k_proj(x[0, start:end]).view(-1, module.kv_heads, d)[:, kv_heads].transpose(0, 1)
+            q = apply_rope(q[None], cos[:, queries], sin[:, queries])[0]
+            k = apply_rope(k[None], cos[:, start:end], sin[:, start:end])[0]
+            scores = (q.float() @ k.float().transpose(1, 2)) / math.sqrt(d)  # (h, n, keys)
+            keys = torch.arange(start, end, device=scores.device)
+            scores = scores.masked_fill(keys[None, None, :] > queries[None, :, None].to(scores.device), float("-inf"))
+            log_p = F.log_softmax(scores, dim=-1)
+            mass = torch.logsumexp(log_p[..., lo - start: hi - start], dim=-1)
+            self.losses.append(-mass.mean())
+
+
+@contextmanager
+def probe_attention(attention: torch.nn.Module, probe: GroundingProbe):
+    """Run ``probe`` on every forward of ``attention`` (an ``afnext.model.llm.Attention``) inside the block."""
+    handle = attention.register_forward_hook(probe)
+    try:
+        yield probe
+    finally:
+        handle.remove()

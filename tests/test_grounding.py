@@ -1,0 +1,167 @@
+"""The grounding loss (afnext.train.grounding): its target spans, its value against the model's own
+attention, and its wiring into the trainer (spans found, loss reported, gradient where it should be)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import train_helpers as th
+from afnext.model.attention import AttentionMask
+
+
+def test_onset_of_reads_only_grounded_tasks():
+    from afnext.train.grounding import onset_of
+
+    assert onset_of({"task": "event_onset", "labels": {"onset_s": 12.4}}) == 12.4
+    assert onset_of({"task": "event_span", "labels": {"onset_s": 12.4}}) is None
+    assert onset_of({"task": "event_onset", "labels": {}}) is None
+    assert onset_of({"task": "event_onset", "labels": {"onset_s": float("nan")}}) is None
+    assert onset_of(None) is None
+
+
+def test_grounding_span_covers_the_onset_tokens():
+    from afnext.train.grounding import grounding_span
+
+    A = 7
+    ids = torch.tensor([1, 2] + [A] * 100 + [3, 4])  # audio tokens at positions 2..101 (4 s)
+    assert grounding_span(ids, A, 1.0) == (2 + 25, 2 + 28)  # 1.00-1.12 s: tokens 25, 26, 27
+    assert grounding_span(ids, A, 1.01) == (2 + 25, 2 + 29)  # 1.01-1.13 s touches token 28 too
+    assert grounding_span(ids, A, 0.0) == (2, 5)
+    assert grounding_span(ids, A, 3.96) == (2 + 99, 2 + 100)  # clipped at the audio's end
+    assert grounding_span(ids, A, 4.0) is None  # beyond the audio (e.g. cut by a cap)
+    two_runs = torch.tensor([A] * 10 + [1] + [A] * 10)
+    assert grounding_span(two_runs, A, 0.1) is None  # which audio is meant is not known
+    assert grounding_span(torch.tensor([1, 2, 3]), A, 0.1) is None
+
+
+def test_probe_equals_attention_mass_of_the_models_own_forward(tiny_dirs):
+    """-log mass from the probe equals -log of what the attention module itself puts on the span,
+    read off its real forward (RoPE, grouped-query heads, packed block-causal mask) by feeding values
+    that are 1 on the span and 0 elsewhere."""
+    from afnext.model.afnext import AFNext
+    from afnext.train.grounding import GroundingProbe
+
+    torch.manual_seed(0)
+    model = AFNext.from_pretrained(tiny_dirs["afnext"], dtype=torch.float32).eval()
+    llm = model.llm
+    attn = llm.layers[-1].self_attn
+    hidden, d = llm.norm.weight.numel(), attn.head_dim
+    cu = torch.tensor([0, 25, 40], dtype=torch.int32)
+    position_ids = torch.cat([torch.arange(25), torch.arange(15)])[None]
+    x = torch.randn(1, 40, hidden)
+    cos, sin = llm.rotary(position_ids, torch.float32)
+    mask = AttentionMask(causal=True, cu_seqlens=cu)
+    targets = [(torch.tensor([20, 21, 24]), 5, 8, 0), (torch.tensor([36, 39]), 27, 31, 25)]
+    for head in range(attn.heads):
+        probe = GroundingProbe([head], targets)
+        with torch.no_grad():
+            probe(attn, (x, cos, sin, mask, None), None)
+        v_proj, o_proj = attn.v_proj, attn.o_proj
+        try:
+            for (queries, lo, hi, _), got in zip(targets, probe.losses):
+                indicator = torch.zeros(1, 40, attn.kv_heads * d)
+                indicator[0, lo:hi] = 1.0
+                attn.v_proj = _Const(indicator)
+                attn.o_proj = torch.nn.Identity()
+                with torch.no_grad():
+                    out = attn(x, cos, sin, mask, None)  # (1, T, heads * d): each head's mass on the span
+                mass = out[0, queries, head * d]
+                assert (mass > 0).all() and (mass < 1).all()
+                torch.testing.assert_close(got, -torch.log(mass).mean(), atol=1e-5, rtol=1e-5)
+        finally:
+            attn.v_proj, attn.o_proj = v_proj, o_proj
+    # several heads: the mean of their single-head losses
+    both = GroundingProbe([0, attn.heads - 1], targets)
+    first, last = GroundingProbe([0], targets), GroundingProbe([attn.heads - 1], targets)
+    with torch.no_grad():
+        for probe in (both, first, last):
+            probe(attn, (x, cos, sin, mask, None), None)
+    for b, f, l in zip(both.losses, first.losses, last.losses):
+        torch.testing.assert_close(b, (f + l) / 2, atol=1e-6, rtol=1e-6)
+
+
+class _Const(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, _x):
+        return self.value
+
+
+def _onset_corpus(root):
+    """The trainer-test corpus with its audio rows turned into grounded onset questions."""
+    registry = th.make_corpus(root)
+    manifest = root / "train.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows:
+        if "sound" in r:
+            r.update(task="event_onset", labels={"onset_s": 0.5})
+            r["conversations"][1]["value"] = "0.5s"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return registry
+
+
+def test_trainer_grounds_onset_samples_and_reports_the_loss(tmp_path, tiny_dirs):
+    from afnext.train.config import TrainConfig
+    from afnext.train.loop import Trainer
+
+    registry = _onset_corpus(tmp_path / "data")
+    cfg = th.write_config(tmp_path / "g.toml", registry=registry, processor=tiny_dirs["afnext"],
+                          out_dir=tmp_path / "run", max_steps=1)
+    trainer = Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_layer=1",
+                                             'optim.loss_norm="sample"']), progress=False)
+    samples = trainer._next_samples(8)
+    audio_id = trainer.model.config.audio_token_id
+    grounded = [s for s in samples if s.ground is not None]
+    assert grounded and all(s.ground is None for s in samples if not (s.input_ids == audio_id).any())
+    for s in grounded:  # [0.5, 0.62) s overlaps tokens 12 (0.48-0.52 s) to 15 (0.60-0.64 s)
+        first = int((s.input_ids == audio_id).nonzero()[0])
+        assert s.ground == (first + 12, first + 16)
+
+    # The loss adds weight x (-log mass) per grounded sample. It reaches the supervised layer's query
+    # projection (keys get none yet: the scratch init has zero queries, see init_uniform_attention),
+    # never the values or the LM head.
+    batch = trainer._micro_batches(grounded)[0]
+    trainer.model.zero_grad(set_to_none=True)
+    trainer._micro_step(batch, 1.0)
+    with_ground = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad(set_to_none=True)
+    trainer._ground_acc = [0.0, 0]
+    trainer.cfg.optim.grounding_weight = 0.0
+    trainer._micro_step(batch, 1.0)
+    without = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    diff = {n: (with_ground[n] - without[n]).abs().max().item() for n in without}
+    assert diff["llm.layers.1.self_attn.q_proj.weight"] > 1e-6
+    assert diff["llm.layers.1.self_attn.k_proj.weight"] == 0.0
+    assert diff["llm.layers.1.self_attn.v_proj.weight"] == 0.0  # the mass does not depend on values
+    assert diff["lm_head.weight"] == 0.0
+
+    trainer.cfg.optim.grounding_weight = 1.0
+    record = trainer.train_step()
+    assert record["loss_ground"] is not None and 0 < record["loss_ground"] < 50
+    # at step 0 the mass is ~ span / visible keys: -log of it is near log(keys / 3)
+    assert math.isfinite(record["loss"])
+
+
+def test_grounding_options_are_validated(tmp_path, tiny_dirs):
+    from afnext.train.config import TrainConfig, TrainConfigError
+    from afnext.train.loop import Trainer, TrainError
+
+    registry = _onset_corpus(tmp_path / "data")
+    cfg = th.write_config(tmp_path / "g.toml", registry=registry, processor=tiny_dirs["afnext"],
+                          out_dir=tmp_path / "run", max_steps=1)
+    with pytest.raises(TrainConfigError, match="optim.grounding_weight must be a finite number >= 0, got -1.0"):
+        TrainConfig.load(cfg, ["optim.grounding_weight=-1.0"])
+    with pytest.raises(TrainConfigError, match="optim.grounding_weight is not supported with sequence parallelism"):
+        TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "system.sp_ring=2"])
+    with pytest.raises(TrainConfigError, match="not supported with system.activation_checkpointing"):
+        TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "system.activation_checkpointing=true"])
+    with pytest.raises(TrainError, match=r"optim.grounding_layer=2: the LLM has layers 0..1"):
+        Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_layer=2"]), progress=False)
+    with pytest.raises(TrainError, match=r"optim.grounding_heads=\[0, 9\]: the LLM has heads 0..\d"):
+        Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_heads=[0, 9]"]), progress=False)
