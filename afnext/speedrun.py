@@ -39,14 +39,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "nano"
 STAGES = ("stage0_encoder", "stage0", "pretrain1", "pretrain2", "midtrain1", "midtrain2")
 # The skills the nano model is trained and scored on, one family per headline figure and domain:
 # multiple choice on speech (language), sound (event class) and music (timbre), four options each;
-# digit and word transcription; event onsets on 10-60 s clips (the headline figure) and on 5-15 s clips
-# (stage 0b's cheaper first lesson); and the 2-5 min clips of midtrain2.
+# digit and word transcription; event onsets on 10-60 s clips; and the 2-5 min clips of midtrain2.
 # Word transcription uses the 20 command words (asr_commands): the 211-word list of asr_words gives each
 # word ~30 occurrences in 1,500 clips, too few to learn from scratch. Fewer families is deliberate: on
 # 2 cores stage 0 sees ~15K samples, and each family's audio read-out took ~600 samples of it alone but
 # far more when ten families shared the batch (measured; see the README's speedrun section).
 FAMILIES = ("asr_digits", "asr_commands", "speaker_language", "sound_class", "music_timbre", "event_onset",
-            "event_onset_short", "long_event_grounding")
+            "long_event_grounding")
 TRAIN_PER_FAMILY = 1500
 EVAL_PER_FAMILY = 50
 LONG_TRAIN, LONG_EVAL = 24, 2

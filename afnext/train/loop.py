@@ -39,13 +39,13 @@ from afnext.data.loader import ManifestDataset, SkippingLoader
 from afnext.data.mixture import MixtureSampler, Registry, build_mixture
 from afnext.data.packing import best_fit_pack, collate_packed
 from afnext.data.tokenize import DropCounter, StageCaps, TrainSample, encode_sample
-from afnext.train.grounding import GroundingProbe, asked_name, grounding_span, onset_of, probe_attention, word_span
 from afnext.model.afnext import IGNORE_INDEX, AFNext
 from afnext.processor import Processor
 from afnext.tokenizer import TextTokenizer
 from afnext.tokenizer_files import write_tokenizer_files
 from afnext.train import state as ckpt
 from afnext.train.config import TrainConfig
+from afnext.train.grounding import GroundingProbe, asked_name, grounding_span, onset_of, probe_attention, word_span
 from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
 from afnext.train.metrics import MetricsLogger
 
@@ -172,6 +172,8 @@ class Trainer:
 
             apply_fsdp(self.model, data_parallel_mesh(self.device.type, self.world))
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        if cfg.optim.grounding_weight and self.world > 1:
+            raise TrainError("optim.grounding_weight is single-process only for now: its gradient path under FSDP is untested")
         self._ground_attn = self._grounding_attention(cfg.optim.grounding_layer) if cfg.optim.grounding_weight else None
         self._label_attn = None
         if self._ground_attn is not None and cfg.optim.grounding_label_layer >= 0:
