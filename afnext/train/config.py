@@ -88,8 +88,8 @@ class OptimConfig:
     # the gradient for ~45 % of the samples).
     loss_norm: str = "token"
     max_steps: int = 100
-    # Grounding loss (afnext.train.grounding): weight of -log attention mass of one LLM head on the
-    # labelled onset tokens of event_onset items, normalised like the answer loss; 0 turns it off.
+    # Grounding loss (afnext.train.grounding): weight of -log attention mass of the chosen LLM heads on
+    # the labelled onset tokens of event_onset items, normalised like the answer loss; 0 turns it off.
     grounding_weight: float = 0.0
     grounding_layer: int = 1  # LLM layer whose attention is supervised
     grounding_heads: list[int] = field(default_factory=lambda: [0])  # query heads of that layer (and of grounding_label_layer)

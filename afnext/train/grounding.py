@@ -102,8 +102,6 @@ class GroundingProbe:
         self.losses: list[torch.Tensor] = []
 
     def __call__(self, module, args, output) -> None:
-        if self.losses:  # a recomputation (activation checkpointing) must not count twice
-            return
         x, cos, sin = args[0], args[1], args[2]
         d = module.head_dim
         heads = torch.tensor(self.heads, device=x.device)

@@ -411,11 +411,12 @@ SPAN_QUESTIONS = ("From when to when does the {x} happen?", "Give the start and 
                   "When is the {x} audible? Answer as [start - end].", "Between which times does the {x} sound?")
 
 
-def _grounding_scene(rng: np.random.Generator):
-    """10-60 s clip with 2-5 events of distinct classes, one of which is asked about."""
-    labels = _sample(rng, EVENT_LABELS, int(rng.integers(2, 6)))
+def _grounding_scene(rng: np.random.Generator, events: tuple[int, int] = (2, 5),
+                     length_s: tuple[float, float] = (10.0, 60.0)):
+    """A ``length_s`` clip (s) with ``events`` (min, max) events of distinct classes, one of which is asked about."""
+    labels = _sample(rng, EVENT_LABELS, int(rng.integers(events[0], events[1] + 1)))
     lengths = [_event_units(rng, lab) for lab in labels]
-    total = _units(rng, 10.0, 60.0) // UNITS_PER_S * UNITS_PER_S
+    total = _units(rng, *length_s) // UNITS_PER_S * UNITS_PER_S
     gap = round(MIN_GAP_S * UNITS_PER_S)
     total = max(total, _fit_total(rng, lengths, gap, round(EDGE_S * UNITS_PER_S), extra_s=(0.0, 0.0)))
     wave, events, noise = _event_scene(rng, labels, lengths, total)
@@ -423,14 +424,19 @@ def _grounding_scene(rng: np.random.Generator):
     return wave, events, noise, total, target
 
 
+def _onset_item(rng: np.random.Generator, name: str, scene) -> Item:
+    """When does the X start? -> "12.4s", on a ``_grounding_scene``."""
+    wave, events, noise, total, target = scene
+    question = _pick(rng, ONSET_QUESTIONS).format(x=NOUN[target["label"]])
+    return _item(name, [wave], question, _fmt(target["onset_s"]), "event_onset",
+                 _labels(events, noise, _t(total), target=target["label"], onset_s=target["onset_s"],
+                         offset_s=target["offset_s"]))
+
+
 @family("event_onset", skill="temporal")
 def event_onset(rng: np.random.Generator, index: int) -> Item:
     """When does the X start? -> "12.4s"."""
-    wave, events, noise, total, target = _grounding_scene(rng)
-    question = _pick(rng, ONSET_QUESTIONS).format(x=NOUN[target["label"]])
-    return _item("event_onset", [wave], question, _fmt(target["onset_s"]), "event_onset",
-                 _labels(events, noise, _t(total), target=target["label"], onset_s=target["onset_s"],
-                         offset_s=target["offset_s"]))
+    return _onset_item(rng, "event_onset", _grounding_scene(rng))
 
 
 SHORT_ONSET_S = (5.0, 15.0)  # seconds: clip length of event_onset_short
@@ -440,17 +446,7 @@ SHORT_ONSET_S = (5.0, 15.0)  # seconds: clip length of event_onset_short
 def event_onset_short(rng: np.random.Generator, index: int) -> Item:
     """event_onset on 5-15 s clips with 2-3 events, same questions and answer format: a first lesson
     in finding an event among a few hundred audio tokens rather than 1,500, at a sixth of the cost."""
-    labels = _sample(rng, EVENT_LABELS, int(rng.integers(2, 4)))
-    lengths = [_event_units(rng, lab) for lab in labels]
-    gap, edge = round(MIN_GAP_S * UNITS_PER_S), round(EDGE_S * UNITS_PER_S)
-    total = _units(rng, *SHORT_ONSET_S) // UNITS_PER_S * UNITS_PER_S
-    total = max(total, _fit_total(rng, lengths, gap, edge, extra_s=(0.0, 0.0)))
-    wave, events, noise = _event_scene(rng, labels, lengths, total)
-    target = _pick(rng, events)
-    question = _pick(rng, ONSET_QUESTIONS).format(x=NOUN[target["label"]])
-    return _item("event_onset_short", [wave], question, _fmt(target["onset_s"]), "event_onset",
-                 _labels(events, noise, _t(total), target=target["label"], onset_s=target["onset_s"],
-                         offset_s=target["offset_s"]))
+    return _onset_item(rng, "event_onset_short", _grounding_scene(rng, events=(2, 3), length_s=SHORT_ONSET_S))
 
 
 @family("event_span", skill="temporal")
