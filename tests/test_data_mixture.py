@@ -304,6 +304,42 @@ def test_dataset_items_and_errors(mixed_manifest):
         assert e.value.reason == reason and e.value.row == i + 1 and e.value.id == f"r{i}"
 
 
+def test_audio_cache_serves_repeats_from_memory_and_notices_rewrites(mixed_manifest, tmp_path):
+    import os
+
+    from afnext.data.audio_cache import AudioCache
+
+    cache = AudioCache(2**20)
+    plain, cached = ManifestDataset(mixed_manifest), ManifestDataset(mixed_manifest, audio_cache=cache)
+    for _ in range(2):  # epochs: the second reads every good file from memory
+        for i in (0, 1, 2, 10):
+            for a, b in zip(plain[i]["waves"], cached[i]["waves"]):
+                np.testing.assert_array_equal(a, b)
+    assert (cache.misses, cache.hits, len(cache)) == (3, 7, 3)
+    wave = cached[0]["waves"][0]
+    wave[:] = 0  # callers get a copy: the cached wave is untouched
+    assert np.abs(cached[0]["waves"][0]).max() > 0
+    for _ in range(2):  # a corrupt file is never cached: it fails every time, as without the cache
+        with pytest.raises(SampleError) as e:
+            cached[6]
+        assert e.value.reason == "corrupt_audio"
+    g0 = mixed_manifest.parent / "audio" / "g0.wav"
+    write_wav(g0, 0.5, seed=9)  # rewritten in place: new size and mtime, decoded afresh
+    os.utime(g0, ns=(1, 1))
+    assert len(cached[0]["waves"][0]) == int(0.5 * SR)
+    small = AudioCache(int(0.4 * SR) * 4)  # bytes of the 0.4-s wave (g2)
+    ds = ManifestDataset(mixed_manifest, audio_cache=small)
+    ds[0]  # g0, now 0.5 s, is larger than the whole cache: decoded, never kept
+    assert len(small) == 0 and small.bytes == 0
+    ds[1], ds[2]  # g1 then g2: g2 needs the room, and g1, the least recently used, goes
+    assert len(small) == 1 and small.bytes == int(0.4 * SR) * 4
+    misses = small.misses
+    ds[2], ds[1]
+    assert small.misses == misses + 1  # g2 from memory, g1 decoded again
+    with pytest.raises(ValueError, match="audio cache size must be >= 0 bytes, got -1"):
+        AudioCache(-1)
+
+
 def test_skipping_loader_skips_and_summarises(mixed_manifest):
     ds = ManifestDataset(mixed_manifest)
     loader = SkippingLoader(ds, MixtureSampler(ds, seed=0, shuffle=False), keep_length=False)

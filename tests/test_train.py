@@ -433,6 +433,9 @@ def test_config_errors(jobs, setup):
     ('optim.freeze={ encoder = "lora" }', "LoRA is supported on the llm group only"),
     ("data.max_tokens=4096", "exceeds data.token_budget"),
     ("runn.seed=1", "unknown section [runn]"),
+    ("data.audio_cache_gb=-2", "data.audio_cache_gb must be a finite number >= 0 (GiB), got -2"),
+    ("data.audio_cache_gb=inf", "data.audio_cache_gb must be a finite number >= 0 (GiB), got inf"),
+    ('data.share_prefix="yes"', "data.share_prefix must be a boolean"),
 ])
 def test_config_validation(setup, override, message):
     """In process (cheap): every malformed value is a TrainConfigError naming the key, never a crash later."""

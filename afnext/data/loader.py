@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from afnext.audio import AudioError, load_audio
+from afnext.data.audio_cache import AudioCache
 from afnext.data.manifest import (
     CORRUPT_AUDIO,
     MISSING_AUDIO,
@@ -116,7 +117,8 @@ class ManifestDataset:
     """
 
     def __init__(self, source: Mixture | str | os.PathLike | list[Record], *,
-                 audio_root: str | os.PathLike | None = None, bind_placeholders: bool = True):
+                 audio_root: str | os.PathLike | None = None, bind_placeholders: bool = True,
+                 audio_cache: AudioCache | None = None):
         if isinstance(source, Mixture):
             self.mixture = source
         elif isinstance(source, (str, os.PathLike)):
@@ -124,6 +126,7 @@ class ManifestDataset:
         else:
             self.mixture = Mixture.from_records(list(source))
         self.bind_placeholders = bind_placeholders
+        self.audio_cache = audio_cache  # decoded waves kept across epochs (afnext.data.audio_cache)
 
     def __len__(self) -> int:
         return len(self.mixture)
@@ -156,7 +159,8 @@ class ManifestDataset:
         for path in rec.sounds:  # a record may name one file twice; decode it once
             if path not in decoded:
                 try:
-                    decoded[path] = load_audio(path, name=str(path))
+                    decoded[path] = (self.audio_cache.load(path, name=str(path)) if self.audio_cache is not None
+                                     else load_audio(path, name=str(path)))
                 except AudioError as e:
                     raise fail(CORRUPT_AUDIO, str(e)) from None
         sounds = [rec.sounds[k] for k in order]

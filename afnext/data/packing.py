@@ -100,37 +100,55 @@ def _audio(samples: list[TrainSample]) -> dict:
         [s.input_features_mask for s in samples if s.input_features.shape[0]])}
 
 
-def collate_packed(samples: list[TrainSample], budget: int, pad_id: int) -> dict:
+def collate_packed(samples: list[TrainSample], budget: int, pad_id: int, *, shared_prefix: int = 0) -> dict:
     """Pack `samples` (in the given order) into one row of `budget` tokens; see the module docstring.
 
     Returns input_ids, labels, position_ids (1, budget) int64; cu_seqlens (n + 1,) int32, with a final
     boundary at `budget` when there is padding; input_features / input_features_mask when any sample
     has audio. Pass the dict straight to `AFNext.forward`.
+
+    ``shared_prefix`` = L > 0 holds the samples' common first L tokens once, as the row's first segment,
+    followed by each sample's tokens from L on (positions L, L + 1, ...); the row then needs the
+    ``sdpa_shared_prefix`` attention backend and ``batch["shared_prefix"]`` says so
+    (``afnext.train.prefix_sharing`` says which L are allowed).
     """
     lengths = [len(s) for s in samples]
-    total = sum(lengths)
-    if total > budget:
-        raise ValueError(f"{len(samples)} samples hold {total} tokens, more than the budget {budget}")
     if any(n == 0 for n in lengths):
         raise ValueError("cannot pack an empty sample")
+    if shared_prefix:
+        head = samples[0].input_ids[:shared_prefix]
+        if any(n <= shared_prefix or not torch.equal(s.input_ids[:shared_prefix], head) for s, n in zip(samples, lengths)):
+            raise ValueError(f"the samples do not all start with the same {shared_prefix} tokens and go on past them")
+    total = sum(lengths) - shared_prefix * (len(samples) - 1)
+    if total > budget:
+        raise ValueError(f"{len(samples)} samples hold {total} tokens, more than the budget {budget}")
     input_ids = torch.full((1, budget), pad_id, dtype=torch.long)
     labels = torch.full((1, budget), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((1, budget), dtype=torch.long)
     bounds, start = [0], 0
+    if shared_prefix:
+        input_ids[0, :shared_prefix] = samples[0].input_ids[:shared_prefix]
+        position_ids[0, :shared_prefix] = torch.arange(shared_prefix)
+        start = shared_prefix
+        bounds.append(start)
     for s, n in zip(samples, lengths):
-        input_ids[0, start : start + n] = s.input_ids
-        labels[0, start : start + n] = s.labels
+        k = n - shared_prefix
+        input_ids[0, start : start + k] = s.input_ids[shared_prefix:]
+        labels[0, start : start + k] = s.labels[shared_prefix:]
         labels[0, start] = IGNORE_INDEX
-        position_ids[0, start : start + n] = torch.arange(n)
-        start += n
+        position_ids[0, start : start + k] = torch.arange(shared_prefix, n)
+        start += k
         bounds.append(start)
     if start < budget:
         # Padding is a segment of its own: it attends only to itself (finite rows, no NaN) and nothing
         # attends to it.
         position_ids[0, start:] = torch.arange(budget - start)
         bounds.append(budget)
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-            "cu_seqlens": torch.tensor(bounds, dtype=torch.int32), **_audio(samples)}
+    out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+           "cu_seqlens": torch.tensor(bounds, dtype=torch.int32), **_audio(samples)}
+    if shared_prefix:
+        out["shared_prefix"] = shared_prefix
+    return out
 
 
 def collate_padded(samples: list[TrainSample], pad_id: int, padding_side: str = "right") -> dict:

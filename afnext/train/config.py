@@ -71,6 +71,10 @@ class DataConfig:
     token_budget: int = 8192  # tokens per packed micro-batch
     global_batch: int = 16  # samples per optimizer step, summed over data-parallel ranks
     system_prompt: str = ""  # empty: the chat template's default
+    # Hold the packed samples' common leading tokens (the system turn) once per row: the same step,
+    # computed on fewer tokens (afnext.train.prefix_sharing).
+    share_prefix: bool = True
+    audio_cache_gb: float = 2.0  # decoded waves kept in memory across epochs, per process (GiB); 0: off
 
 
 @dataclass
@@ -109,6 +113,9 @@ class SystemConfig:
     sp_ulysses: int = 1
     sp_ring: int = 1
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # Flush subnormal floats to zero on the CPU: as weights train, subnormal intermediates appear and
+    # each costs the FPU a slow path (measured: a nano stage 0b step from trained weights 0.40 -> 0.35 s).
+    flush_denormal: bool = True
 
 
 @dataclass
@@ -182,6 +189,9 @@ class TrainConfig:
         if self.data.max_tokens > self.data.token_budget:
             raise TrainConfigError(f"{source}: data.max_tokens ({self.data.max_tokens}) exceeds data.token_budget "
                                    f"({self.data.token_budget}); a capped sample must fit one micro-batch")
+        c = self.data.audio_cache_gb
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c >= 0):
+            raise TrainConfigError(f"{source}: data.audio_cache_gb must be a finite number >= 0 (GiB), got {c!r}")
         if self.data.global_batch < 1:
             raise TrainConfigError(f"{source}: data.global_batch must be >= 1")
         if self.system.autocast not in ("none", "bf16", "fp16"):

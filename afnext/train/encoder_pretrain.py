@@ -201,6 +201,7 @@ class EncoderPretrainer:
         self.cfg = cfg
         if cfg.system.threads:
             torch.set_num_threads(cfg.system.threads)
+        torch.set_flush_denormal(cfg.system.flush_denormal)  # process-wide; a no-op where the CPU lacks it
         torch.manual_seed(cfg.run.seed)
         self.rng = random.Random(cfg.run.seed)
         self.run_dir = Path(cfg.run.out_dir)

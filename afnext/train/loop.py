@@ -35,11 +35,13 @@ import torch.nn.functional as F
 
 from afnext.checkpoint import save_model
 from afnext.config import AF3_MODEL_TYPE, AFNEXT_MODEL_TYPE, AFNextConfig, EncoderConfig, LLMConfig, RoTEConfig
+from afnext.data.audio_cache import AudioCache
 from afnext.data.loader import ManifestDataset, SkippingLoader
 from afnext.data.mixture import MixtureSampler, Registry, build_mixture
 from afnext.data.packing import best_fit_pack, collate_packed
 from afnext.data.tokenize import DropCounter, StageCaps, TrainSample, encode_sample
 from afnext.model.afnext import IGNORE_INDEX, AFNext
+from afnext.model.attention import use_backend
 from afnext.processor import Processor
 from afnext.tokenizer import TextTokenizer
 from afnext.tokenizer_files import write_tokenizer_files
@@ -48,6 +50,7 @@ from afnext.train.config import TrainConfig
 from afnext.train.grounding import GroundingProbe, asked_name, grounding_span, onset_of, probe_attention, word_span
 from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
 from afnext.train.metrics import MetricsLogger
+from afnext.train.prefix_sharing import BACKEND as PREFIX_BACKEND, shared_prefix_length
 
 PAD_MULTIPLE = 64  # packed micro-batches are trimmed to their content, rounded up to this many tokens
 
@@ -135,6 +138,7 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed()
         if cfg.system.threads:
             torch.set_num_threads(cfg.system.threads)
+        torch.set_flush_denormal(cfg.system.flush_denormal)  # process-wide; a no-op where the CPU lacks it
         torch.manual_seed(cfg.run.seed)
         self.run_dir = Path(cfg.run.out_dir)
         if self.rank == 0:
@@ -196,6 +200,9 @@ class Trainer:
             self.sp = init_sp_groups(cfg.system.sp_ulysses, cfg.system.sp_ring)
             self.dp_rank, self.dp_size = self.sp.layout.dp_rank, self.world // self.sp_size
         d = cfg.data
+        # Exact either way (afnext.train.prefix_sharing); the grounding probe and the SP shards work on
+        # whole samples, so those runs pack without it.
+        self._share_prefix = d.share_prefix and self._ground_attn is None and self.sp is None
         if d.global_batch % self.dp_size:
             raise TrainError(f"data.global_batch={d.global_batch} is not divisible by the {self.dp_size} data-parallel ranks")
         self.caps = StageCaps(max_audio_s=d.max_audio_s, max_tokens=d.max_tokens, policy=d.cap_policy)
@@ -207,7 +214,8 @@ class Trainer:
             raise TrainError(f"mixture {d.mixture!r} has no readable rows")
         self.sampler = MixtureSampler(len(self.mixture), seed=cfg.run.seed, shuffle=True, rank=self.dp_rank,
                                       world_size=self.dp_size)
-        self.loader = SkippingLoader(ManifestDataset(self.mixture), self.sampler)
+        cache = AudioCache(int(d.audio_cache_gb * 2**30)) if d.audio_cache_gb > 0 else None
+        self.loader = SkippingLoader(ManifestDataset(self.mixture, audio_cache=cache), self.sampler)
         self.drops = DropCounter()
         self.step = 0
         self.samples_seen = 0
@@ -276,9 +284,10 @@ class Trainer:
         batches = []
         for b in bins:
             group = [samples[i] for i in b]
-            used = sum(len(s) for s in group)
+            shared = shared_prefix_length(group, self.model.config.audio_token_id) if self._share_prefix else 0
+            used = sum(len(s) for s in group) - shared * (len(group) - 1)
             width = min(self.cfg.data.token_budget, -(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
-            batch = collate_packed(group, width, self.processor.pad_token_id)
+            batch = collate_packed(group, width, self.processor.pad_token_id, shared_prefix=shared)
             batch["families"] = [s.family or "unknown" for s in group]
             batch["ground"] = [s.ground for s in group]
             batch["ground_label"] = [s.ground_label for s in group]
@@ -317,6 +326,8 @@ class Trainer:
         with self._autocast(), contextlib.ExitStack() as hooks:
             for attn, probe in probes:
                 hooks.enter_context(probe_attention(attn, probe))
+            if batch.get("shared_prefix"):
+                hooks.enter_context(use_backend(PREFIX_BACKEND))
             out = self.model(input_ids=ids, position_ids=batch["position_ids"].to(self.device),
                              cu_seqlens=batch["cu_seqlens"].to(self.device),
                              input_features=batch.get("input_features"),
@@ -359,7 +370,8 @@ class Trainer:
     def _segments(batch: dict, flat: torch.Tensor, row: int) -> torch.Tensor:
         """The packed sample (segment of `cu_seqlens`) each labelled logit belongs to."""
         pos = (flat % (row - 1)).cpu()  # the logit's position in the packed row
-        return torch.searchsorted(batch["cu_seqlens"][1:-1].long(), pos, right=True)
+        seg = torch.searchsorted(batch["cu_seqlens"][1:-1].long(), pos, right=True)
+        return seg - 1 if batch.get("shared_prefix") else seg  # a shared prefix is segment 0 and holds no labels
 
     def _family_losses(self) -> dict[str, float]:
         merged = self._family_nll
