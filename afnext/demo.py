@@ -4,7 +4,8 @@ The model is, in order of preference: ``examples/nano-afnext`` (a shipped nano c
 export of your last ``make speedrun`` (``runs/speedrun/rote/midtrain2/final``), or else a tiny random
 checkpoint (answers are noise; the code path is the real one). The shipped checkpoint is the export of
 the speedrun measured in the README (8.8 MB): it answers the multiple-choice questions from the audio
-(93 % held-out) and transcribes with 26 % WER, but does not give onset times. The clips in ``examples/clips`` are held-out
+(99 % held-out) and transcribes with 26 % WER; its onset answers are well-formed times but not grounded
+(held-out error at chance). The clips in ``examples/clips`` are held-out
 items of the speedrun corpus: an event whose start time is asked (the answer is a timestamp), spoken
 digits, a spoken language, a sound. Each goes through the real command,
 ``afnext ask CLIP -p PROMPT --model MODEL``, and the expected answer is printed beside it. With a GPU

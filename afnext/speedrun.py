@@ -45,7 +45,7 @@ STAGES = ("stage0_encoder", "stage0", "pretrain1", "pretrain2", "midtrain1", "mi
 # 2 cores stage 0 sees ~15K samples, and each family's audio read-out took ~600 samples of it alone but
 # far more when ten families shared the batch (measured; see the README's speedrun section).
 FAMILIES = ("asr_digits", "asr_commands", "speaker_language", "sound_class", "music_timbre", "event_onset",
-            "long_event_grounding")
+            "event_onset_short", "long_event_grounding")
 TRAIN_PER_FAMILY = 1500
 EVAL_PER_FAMILY = 50
 LONG_TRAIN, LONG_EVAL = 24, 2
