@@ -304,7 +304,7 @@ def test_dataset_items_and_errors(mixed_manifest):
         assert e.value.reason == reason and e.value.row == i + 1 and e.value.id == f"r{i}"
 
 
-def test_audio_cache_serves_repeats_from_memory_and_notices_rewrites(mixed_manifest, tmp_path):
+def test_audio_cache_serves_repeats_from_memory_and_notices_rewrites(mixed_manifest):
     import os
 
     from afnext.data.audio_cache import AudioCache

@@ -88,12 +88,16 @@ def test_shared_row_gives_the_unshared_rows_logits_and_gradients(tmp_path, tiny_
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
-def test_training_with_and_without_sharing_is_the_same_run(tmp_path, tiny_dirs):
+def test_training_with_and_without_sharing_and_cache_is_the_same_run(tmp_path, tiny_dirs):
     on = _trainer(tmp_path, tiny_dirs)
     assert on._share_prefix and any(b.get("shared_prefix") for b in on._micro_batches(on._next_samples(8)))
+    from afnext.data.audio_cache import AudioCache
+
     runs = []
-    for i, sets in enumerate([(), ("data.share_prefix=false",)]):
+    # the plain run also decodes every clip afresh: neither speed-up may change the run
+    for i, sets in enumerate([(), ("data.share_prefix=false", "data.audio_cache_gb=0")]):
         trainer = _trainer(tmp_path / str(i), tiny_dirs, *sets)
+        assert isinstance(trainer.loader.dataset.audio_cache, AudioCache) == (i == 0)
         runs.append([trainer.train_step() for _ in range(3)])
     for a, b in zip(*runs):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)

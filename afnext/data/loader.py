@@ -156,11 +156,11 @@ class ManifestDataset:
             if not path.is_file():
                 raise fail(MISSING_AUDIO, f"{path}: not found" if not path.exists() else f"{path}: not a file")
         decoded: dict[Path, object] = {}
+        load = self.audio_cache.load if self.audio_cache is not None else load_audio
         for path in rec.sounds:  # a record may name one file twice; decode it once
             if path not in decoded:
                 try:
-                    decoded[path] = (self.audio_cache.load(path, name=str(path)) if self.audio_cache is not None
-                                     else load_audio(path, name=str(path)))
+                    decoded[path] = load(path, name=str(path))
                 except AudioError as e:
                     raise fail(CORRUPT_AUDIO, str(e)) from None
         sounds = [rec.sounds[k] for k in order]

@@ -100,6 +100,11 @@ def _audio(samples: list[TrainSample]) -> dict:
         [s.input_features_mask for s in samples if s.input_features.shape[0]])}
 
 
+def packed_tokens(lengths: list[int], shared_prefix: int = 0) -> int:
+    """Tokens a packed row of samples of these lengths holds, their first ``shared_prefix`` tokens once."""
+    return sum(lengths) - shared_prefix * max(len(lengths) - 1, 0)
+
+
 def collate_packed(samples: list[TrainSample], budget: int, pad_id: int, *, shared_prefix: int = 0) -> dict:
     """Pack `samples` (in the given order) into one row of `budget` tokens; see the module docstring.
 
@@ -119,7 +124,7 @@ def collate_packed(samples: list[TrainSample], budget: int, pad_id: int, *, shar
         head = samples[0].input_ids[:shared_prefix]
         if any(n <= shared_prefix or not torch.equal(s.input_ids[:shared_prefix], head) for s, n in zip(samples, lengths)):
             raise ValueError(f"the samples do not all start with the same {shared_prefix} tokens and go on past them")
-    total = sum(lengths) - shared_prefix * (len(samples) - 1)
+    total = packed_tokens(lengths, shared_prefix)
     if total > budget:
         raise ValueError(f"{len(samples)} samples hold {total} tokens, more than the budget {budget}")
     input_ids = torch.full((1, budget), pad_id, dtype=torch.long)

@@ -192,17 +192,14 @@ def _ctc_per_symbol(logits: torch.Tensor, target: list[int]) -> torch.Tensor:
 
 class EncoderPretrainer:
     def __init__(self, cfg: TrainConfig, *, progress: bool = True):
-        from afnext.train.loop import TrainError, init_weights, scratch_config
+        from afnext.train.loop import TrainError, apply_process_options, init_weights, scratch_config
 
         if cfg.run.init != "scratch":
             raise TrainError("run.objective = 'encoder' trains an encoder from scratch: set run.init = 'scratch'")
         if not cfg.data.processor:
             raise TrainError("data.processor is required when run.init = 'scratch' (the corpus tokenizer directory)")
         self.cfg = cfg
-        if cfg.system.threads:
-            torch.set_num_threads(cfg.system.threads)
-        torch.set_flush_denormal(cfg.system.flush_denormal)  # process-wide; a no-op where the CPU lacks it
-        torch.manual_seed(cfg.run.seed)
+        apply_process_options(cfg)
         self.rng = random.Random(cfg.run.seed)
         self.run_dir = Path(cfg.run.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

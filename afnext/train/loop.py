@@ -38,7 +38,7 @@ from afnext.config import AF3_MODEL_TYPE, AFNEXT_MODEL_TYPE, AFNextConfig, Encod
 from afnext.data.audio_cache import AudioCache
 from afnext.data.loader import ManifestDataset, SkippingLoader
 from afnext.data.mixture import MixtureSampler, Registry, build_mixture
-from afnext.data.packing import best_fit_pack, collate_packed
+from afnext.data.packing import best_fit_pack, collate_packed, packed_tokens
 from afnext.data.tokenize import DropCounter, StageCaps, TrainSample, encode_sample
 from afnext.model.afnext import IGNORE_INDEX, AFNext
 from afnext.model.attention import use_backend
@@ -60,6 +60,14 @@ class TrainError(RuntimeError):
 
 
 # ---- set-up helpers --------------------------------------------------------------------------------
+def apply_process_options(cfg: TrainConfig) -> None:
+    """The process-wide torch settings a stage asks for (``[system]``), and its seed."""
+    if cfg.system.threads:
+        torch.set_num_threads(cfg.system.threads)
+    torch.set_flush_denormal(cfg.system.flush_denormal)  # a no-op where the CPU lacks it
+    torch.manual_seed(cfg.run.seed)
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -136,10 +144,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = True):
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed()
-        if cfg.system.threads:
-            torch.set_num_threads(cfg.system.threads)
-        torch.set_flush_denormal(cfg.system.flush_denormal)  # process-wide; a no-op where the CPU lacks it
-        torch.manual_seed(cfg.run.seed)
+        apply_process_options(cfg)
         self.run_dir = Path(cfg.run.out_dir)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +290,7 @@ class Trainer:
         for b in bins:
             group = [samples[i] for i in b]
             shared = shared_prefix_length(group, self.model.config.audio_token_id) if self._share_prefix else 0
-            used = sum(len(s) for s in group) - shared * (len(group) - 1)
+            used = packed_tokens([len(s) for s in group], shared)
             width = min(self.cfg.data.token_budget, -(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
             batch = collate_packed(group, width, self.processor.pad_token_id, shared_prefix=shared)
             batch["families"] = [s.family or "unknown" for s in group]
