@@ -291,10 +291,15 @@ def log_mel_spectrogram(waves: torch.Tensor, *, device=None, total_frames: int |
     # the projection is tiny, so do it in fp64 there to stay within 1e-4 of the reference.
     dtype = torch.float64 if device.type == "cuda" else torch.float32
     mel = torch.from_numpy(_mel_filters()).to(device, dtype) @ power.to(dtype)
-    if total_frames is not None and total_frames > mel.shape[-1]:
-        mel = F.pad(mel, (0, total_frames - mel.shape[-1]))  # silent frames: the filters of zero power are 0
     log_spec = mel.clamp(min=_LOG_FLOOR).log10().float()
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)  # per window, not per batch
+    silent = total_frames - mel.shape[-1] if total_frames is not None else 0
+    if silent > 0:
+        # Silent frames (zero power: the filters of zero power are 0) all take the floor's log, so they
+        # join the peak and the output as one constant, without taking the log of each.
+        floor = float(torch.tensor(_LOG_FLOOR, dtype=dtype).log10().float())  # as the clamp + log above
+        peak = peak.clamp(min=floor)
+        log_spec = F.pad(log_spec, (0, silent), value=floor)
     log_spec = torch.maximum(log_spec, peak - _DYNAMIC_RANGE)
     return (log_spec + 4.0) / 4.0  # Whisper's fixed affine map to roughly [-1, 1]
 

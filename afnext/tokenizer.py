@@ -13,6 +13,8 @@ holds text back while it ends in U+FFFD, i.e. while a multi-byte character is st
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -32,13 +34,23 @@ def _as_id_list(ids) -> list[int]:
     return [int(i) for i in ids]
 
 
+MEMO_ENTRIES = 65536  # distinct texts whose ids are remembered (a training run re-encodes its texts every epoch)
+
+
 class TextTokenizer:
-    """A `tokenizers.Tokenizer` plus the checkpoint's special-token names."""
+    """A `tokenizers.Tokenizer` plus the checkpoint's special-token names.
+
+    Encodings are memoised (least recently used, ``MEMO_ENTRIES`` texts): a training run renders and
+    encodes the same system turns, questions and answers every epoch, ~20 ms of a 0.4-s nano step
+    uncached. The memo is dropped whenever the backend's vocabulary changes size (tokens added)."""
 
     def __init__(self, tokenizer: Tokenizer, *, eos_token: str | None = None, pad_token: str | None = None,
                  bos_token: str | None = None, unk_token: str | None = None):
         self.backend = tokenizer
         self.eos_token, self.pad_token, self.bos_token, self.unk_token = eos_token, pad_token, bos_token, unk_token
+        self._memo: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._memo_vocab = -1
+        self._memo_lock = threading.Lock()  # the data loader may encode from threads
 
     @classmethod
     def from_dir(cls, path) -> "TextTokenizer":
@@ -57,10 +69,32 @@ class TextTokenizer:
 
     # --- encoding / decoding ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        texts = list(texts)
+        vocab = self.backend.get_vocab_size(with_added_tokens=True)
+        found: dict[int, tuple[int, ...]] = {}
+        with self._memo_lock:
+            if vocab != self._memo_vocab:
+                self._memo.clear()
+                self._memo_vocab = vocab
+            for i, t in enumerate(texts):
+                ids = self._memo.get(t)
+                if ids is not None:
+                    self._memo.move_to_end(t)
+                    found[i] = ids
+        missing = [i for i in range(len(texts)) if i not in found]
+        if missing:
+            fresh = self.backend.encode_batch([texts[i] for i in missing], add_special_tokens=False)
+            with self._memo_lock:
+                for i, e in zip(missing, fresh):
+                    found[i] = tuple(e.ids)
+                    if self._memo_vocab == vocab:
+                        self._memo[texts[i]] = found[i]
+                while len(self._memo) > MEMO_ENTRIES:
+                    self._memo.popitem(last=False)
+        return [list(found[i]) for i in range(len(texts))]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(_as_id_list(ids), skip_special_tokens=skip_special_tokens)

@@ -4,6 +4,7 @@ micro synthetic corpus with a tiny random checkpoint (CPU)."""
 import json
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -116,6 +117,40 @@ def test_eval_synthetic_cli(tiny_dirs, micro_eval, tmp_path):
     assert sorted(p["family"] for p in preds) == sorted(SHORT_FAMILIES)
 
 
+def test_answer_nll_is_the_training_loss(tiny_dirs, micro_eval):
+    from afnext.data.manifest import read_manifest
+    from afnext.data.tokenize import encode_sample
+    from afnext.eval.answer_nll import EVAL_CAPS, answer_nll, nll_by_family
+    from afnext.model.afnext import AFNext
+    from afnext.processor import Processor
+    from afnext.audio import load_audio
+
+    model, proc = AFNext.from_pretrained(tiny_dirs["afnext"]).eval(), Processor.from_pretrained(tiny_dirs["afnext"])
+    records = read_manifest(micro_eval)[:3]
+    got = answer_nll(model, proc, records)
+    for r, v in zip(records, got):  # the full-logits loss of the training sample, computed independently
+        s = encode_sample(proc, r.conversations, [load_audio(p) for p in r.sounds], EVAL_CAPS)
+        with torch.no_grad():
+            ref = model(input_ids=s.input_ids[None], input_features=s.input_features,
+                        input_features_mask=s.input_features_mask, labels=s.labels[None]).loss
+        assert v == pytest.approx(float(ref), rel=1e-5) and v > 0
+    fams = nll_by_family(records, got)
+    assert set(fams) == {r.extra["family"] for r in records}
+
+
+def test_eval_synthetic_cli_answer_nll(tiny_dirs, micro_eval, tmp_path):
+    out_json = tmp_path / "rep.json"
+    r = CliRunner().invoke(_cli(), ["eval", "synthetic", "--model", str(tiny_dirs["afnext"]), "--data", str(micro_eval),
+                                    "--limit-per-family", "1", "--max-new-tokens", "2", "--device", "cpu",
+                                    "--nll-train", "1", "--json", str(out_json)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out_json.read_text())
+    for family, entry in report["families"].items():
+        assert entry["answer_nll"] > 0 and entry["answer_nll_train"] > 0, family
+        assert f"answer NLL {entry['answer_nll']:.3f} (training items {entry['answer_nll_train']:.3f})" in r.output
+    assert report["nll_train_manifest"].endswith("train.jsonl")
+
+
 def test_eval_synthetic_cli_errors(tiny_dirs, tmp_path):
     runner, app = CliRunner(), _cli()
     r = runner.invoke(app, ["eval", "synthetic", "--model", str(tmp_path / "none"), "--data", str(tmp_path)])
@@ -125,3 +160,10 @@ def test_eval_synthetic_cli_errors(tiny_dirs, tmp_path):
     r = runner.invoke(app, ["eval", "synthetic", "--model", str(tiny_dirs["afnext"]), "--data", str(tmp_path),
                             "--limit-per-family", "0"])
     assert r.exit_code == 2 and "--limit-per-family must be >= 1" in r.output
+    (tmp_path / "eval.jsonl").write_text("")
+    r = runner.invoke(app, ["eval", "synthetic", "--model", str(tiny_dirs["afnext"]), "--data", str(tmp_path),
+                            "--nll-train", "0"])
+    assert r.exit_code == 2 and "--nll-train must be >= 1" in r.output
+    r = runner.invoke(app, ["eval", "synthetic", "--model", str(tiny_dirs["afnext"]), "--data", str(tmp_path),
+                            "--nll-train", "2"])
+    assert r.exit_code == 2 and f"--nll-train: {tmp_path / 'train.jsonl'} not found" in r.output

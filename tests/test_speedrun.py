@@ -22,6 +22,7 @@ def toy(tmp_path_factory):
     """A toy-scale speedrun: 2 train + 1 held-out item per family, 40-s "long" clips, ~1 % of the steps."""
     mp = pytest.MonkeyPatch()
     mp.setattr(sr, "TRAIN_PER_FAMILY", 2)
+    mp.setattr(sr, "TRAIN_OVERRIDES", (("asr_digits", 3),))
     mp.setattr(sr, "EVAL_PER_FAMILY", 1)
     mp.setattr(sr, "LONG_TRAIN", 1)
     mp.setattr(sr, "LONG_EVAL", 1)
@@ -67,6 +68,17 @@ def test_every_stage_runs_and_exports(toy):
     assert summary["model"] == str(run_dir / "midtrain2" / "final")
     assert set(summary["seconds"]) == {"corpus", *sr.STAGES, "eval"}
     assert any(line.startswith("multiple-choice accuracy") for line in logs)
+
+
+def test_corpus_counts_follow_the_recipe(toy):
+    out, *_ = toy
+    counts = {}
+    for line in (out / "data" / "train.jsonl").read_text().splitlines():
+        fam = json.loads(line)["family"]
+        counts[fam] = counts.get(fam, 0) + 1
+    assert counts.pop("asr_digits") == 3  # TRAIN_OVERRIDES
+    assert counts.pop("long_event_grounding") == 1
+    assert set(counts.values()) == {2} and set(counts) == set(sr.FAMILIES) - {"asr_digits", "long_event_grounding"}
 
 
 def test_stage_caps_follow_the_paper(toy):

@@ -128,6 +128,20 @@ def test_counts_of_the_real_presets():
         assert n_long >= long_min and all(counts["eval"][f] for f in fams)
 
 
+def test_train_per_family_overrides_training_counts_only():
+    fams = sy.load_families()
+    base = sy.Preset("p", 100, 10, 1, 1, min_train=5, min_eval=2)
+    more = sy.Preset("p", 100, 10, 1, 1, min_train=5, min_eval=2, train_per_family=(("asr_digits", 77),))
+    a, b = sy.family_counts(base, fams), sy.family_counts(more, fams)
+    assert b["train"]["asr_digits"] == 77 != a["train"]["asr_digits"]
+    assert b["eval"] == a["eval"]
+    assert {f: n for f, n in b["train"].items() if f != "asr_digits"} == {f: n for f, n in a["train"].items() if f != "asr_digits"}
+    with pytest.raises(ValueError, match=r"preset 'p': train_per_family names unknown family no_such_family"):
+        sy.family_counts(sy.Preset("p", 1, 1, 0, 0, train_per_family=(("no_such_family", 3),)), fams)
+    with pytest.raises(ValueError, match=r"train_per_family\['asr_digits'\] must be a count >= 0, got -1"):
+        sy.family_counts(sy.Preset("p", 1, 1, 0, 0, train_per_family=(("asr_digits", -1),)), fams)
+
+
 def test_atomic_flac_leaves_nothing_on_failure(tmp_path, monkeypatch):
     import afnext.data.sounds as S
 

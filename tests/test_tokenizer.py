@@ -88,6 +88,26 @@ def test_text_tokenizer_basics(tok, tiny):
     assert tok.decode(tok.encode("<think>x</think><|im_end|>"), skip_special_tokens=True) == "<think>x</think>"
 
 
+def test_memo_is_exact_and_bounded(tok_dir, monkeypatch):
+    import afnext.tokenizer as T
+
+    monkeypatch.setattr(T, "MEMO_ENTRIES", 4)
+    tok = TextTokenizer.from_dir(tok_dir)
+    plain = [tok.backend.encode(t, add_special_tokens=False).ids for t in SAMPLES]
+    for _ in range(2):  # cold, then from the memo
+        assert [tok.encode(t) for t in SAMPLES] == plain
+        assert tok.encode_batch(SAMPLES + SAMPLES[:2]) == plain + plain[:2]
+        assert len(tok._memo) <= 4
+    got = tok.encode(SAMPLES[-2])
+    got.append(-1)  # callers own what they get
+    assert tok.encode(SAMPLES[-2]) == plain[-2]
+    # A token added after encoding invalidates what was remembered.
+    before = tok.encode("zqzqzq")
+    tok.backend.add_tokens(["zqzqzq"])
+    after = tok.encode("zqzqzq")
+    assert after == [tok.token_to_id("zqzqzq")] != before
+
+
 def test_parity_with_transformers(tok_dir, tok):
     transformers = pytest.importorskip("transformers")
     ref = transformers.AutoTokenizer.from_pretrained(str(tok_dir))

@@ -93,7 +93,9 @@ class Preset:
     """How many items to build. ``train_items``/``eval_items`` are totals shared evenly by the short
     families (each gets at least ``min_train``/``min_eval``); ``long_train``/``long_eval`` are totals
     of long-clip items shared by the long families. ``long_duration_s`` overrides the length range of
-    long clips (families honouring ``families.sound.long_durations``), for fast tests."""
+    long clips (families honouring ``families.sound.long_durations``), for fast tests.
+    ``train_per_family`` sets some families' training item counts outright (e.g. more clips of a family
+    that a small model would otherwise memorise); held-out counts are unaffected."""
 
     name: str
     train_items: int
@@ -103,6 +105,7 @@ class Preset:
     min_train: int = 1
     min_eval: int = 1
     long_duration_s: tuple[float, float] | None = None
+    train_per_family: tuple[tuple[str, int], ...] = ()  # (family, training items) pairs
 
 
 PRESETS: dict[str, Preset] = {
@@ -125,6 +128,15 @@ def family_counts(preset: Preset, families: dict[str, Family]) -> dict[str, dict
         per_short = max(minimum, math.ceil(total / len(short))) if short else 0
         per_long = math.ceil(long_total / len(long_)) if long_ else 0
         out[split] = {f.name: per_long if f.long else per_short for f in families.values()}
+    overrides = dict(preset.train_per_family)
+    unknown = sorted(set(overrides) - set(families))
+    if unknown:
+        raise ValueError(f"preset {preset.name!r}: train_per_family names unknown famil{'y' if len(unknown) == 1 else 'ies'} "
+                         f"{', '.join(unknown)}")
+    for name, n in overrides.items():
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"preset {preset.name!r}: train_per_family[{name!r}] must be a count >= 0, got {n!r}")
+        out["train"][name] = n
     return out
 
 

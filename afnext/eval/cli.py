@@ -4,7 +4,7 @@
     afnext eval run mmau-pro --variant think --data DIR --out DIR       # the variant's checkpoint and settings
     afnext eval merge OUT_DIR mmau
     afnext eval score mmau --predictions FILE --data DIR [--out DIR]
-    afnext eval synthetic --model DIR --data SYNTH_DIR [--limit-per-family N] [--json OUT] [--predictions OUT]
+    afnext eval synthetic --model DIR --data SYNTH_DIR [--limit-per-family N] [--json OUT] [--predictions OUT] [--nll] [--nll-train N]
 
 Generation in `eval run` is greedy with 512 new tokens and no repetition penalty unless told otherwise.
 `--variant instruct|think|captioner` picks the variant's released checkpoint when `--model` is not given
@@ -201,6 +201,9 @@ def _family_line(family: str, entry: dict) -> str:
                      f"(chance {entry['chance_median_onset_error_s']:.2f} s, unparsable {entry['unparsable']})")
     if "exact_match" in entry:
         parts.append(f"exact match {entry['exact_match']:.1%}")
+    if "answer_nll" in entry:
+        train = f" (training items {entry['answer_nll_train']:.3f})" if "answer_nll_train" in entry else ""
+        parts.append(f"answer NLL {entry['answer_nll']:.3f}{train}")
     return "  ".join(parts)
 
 
@@ -214,6 +217,10 @@ def synthetic_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 48,
     device: Annotated[Optional[str], typer.Option("--device", help="[default: cuda if available, else cpu]")] = None,
+    nll: Annotated[bool, typer.Option("--nll", help="Also each family's teacher-forced answer loss (nats/token)")] = False,
+    nll_train: Annotated[Optional[int], typer.Option(
+        "--nll-train", help="Also the answer loss on the first N training items per family (train.jsonl beside "
+                            "eval.jsonl): far below the held-out loss means memorised clips")] = None,
 ) -> None:
     """Score a checkpoint on the synthetic corpus's held-out items: headline figures beside chance, per family."""
     from afnext.eval.benchmarks.synthetic import resolve_manifest
@@ -225,10 +232,15 @@ def synthetic_cmd(
         _fail("--batch-size and --max-new-tokens must be >= 1")
     if not model.is_dir():
         _fail(f"{model}: not a checkpoint directory")
+    if nll_train is not None and nll_train < 1:
+        _fail("--nll-train must be >= 1")
     try:
         manifest = resolve_manifest(data)
     except FileNotFoundError as e:
         _fail(str(e))
+    train_manifest = manifest.parent / "train.jsonl"
+    if nll_train is not None and not train_manifest.is_file():
+        _fail(f"--nll-train: {train_manifest} not found")
     if device is None:
         import torch
 
@@ -238,7 +250,8 @@ def synthetic_cmd(
             path.parent.mkdir(parents=True, exist_ok=True)
     try:
         report = evaluate_synthetic(model, manifest, limit_per_family=limit_per_family, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, device=device, predictions_out=predictions_out)
+                                    max_new_tokens=max_new_tokens, device=device, predictions_out=predictions_out,
+                                    nll=nll, nll_train=(train_manifest, nll_train) if nll_train is not None else None)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"{report['items']} item(s) from {manifest} in {report['seconds']:.1f} s")

@@ -129,7 +129,12 @@ def score(records, predictions) -> dict:
 
 def evaluate_synthetic(model_dir: str | Path, manifest: str | Path, *, limit_per_family: int | None = None,
                        batch_size: int = 16, max_new_tokens: int = 48, device: str = "cpu",
-                       predictions_out: str | Path | None = None) -> dict:
+                       predictions_out: str | Path | None = None, nll: bool = False,
+                       nll_train: tuple[str | Path, int] | None = None) -> dict:
+    """``nll``: also each family's teacher-forced answer loss (``afnext.eval.answer_nll``) as
+    ``answer_nll``; ``nll_train`` = (training manifest, N): the same on the first N training items of
+    each evaluated family as ``answer_nll_train`` (far below ``answer_nll``: memorised clips)."""
+    from afnext.eval.answer_nll import answer_nll, nll_by_family
     from afnext.model.afnext import AFNext
     from afnext.processor import Processor
 
@@ -140,6 +145,16 @@ def evaluate_synthetic(model_dir: str | Path, manifest: str | Path, *, limit_per
     with torch.no_grad():
         preds = generate_answers(model, processor, records, batch_size=batch_size, max_new_tokens=max_new_tokens)
     report = score(records, preds)
+    if nll or nll_train:
+        for fam, v in nll_by_family(records, answer_nll(model, processor, records)).items():
+            report["families"][fam]["answer_nll"] = v
+    if nll_train:
+        train_manifest, n = nll_train
+        families = set(report["families"])
+        train = [r for r in load_items(train_manifest, limit_per_family=n) if r.extra.get("family", "unknown") in families]
+        for fam, v in nll_by_family(train, answer_nll(model, processor, train)).items():
+            report["families"][fam]["answer_nll_train"] = v
+        report["nll_train_manifest"] = str(train_manifest)
     report.update(model=str(model_dir), manifest=str(manifest), items=len(records), seconds=time.perf_counter() - t0)
     if predictions_out:
         with open(predictions_out, "w", encoding="utf-8") as fh:
