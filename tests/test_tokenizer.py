@@ -99,6 +99,7 @@ def test_memo_is_exact_and_bounded(tok_dir, monkeypatch):
         assert tok.encode_batch(SAMPLES + SAMPLES[:2]) == plain + plain[:2]
         assert len(tok._memo) <= 4
     got = tok.encode(SAMPLES[-2])
+    assert SAMPLES[-2] in tok._memo  # remembered, not just re-encoded
     got.append(-1)  # callers own what they get
     assert tok.encode(SAMPLES[-2]) == plain[-2]
     # A token added after encoding invalidates what was remembered.
