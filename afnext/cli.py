@@ -8,6 +8,7 @@ Generated text streams to stdout; progress and status go to stderr, so `--json` 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -335,6 +336,10 @@ def speedrun(
     rote: Annotated[bool, typer.Option("--rote/--no-rote", help="Rotary time embeddings (--no-rote: the AF3 layout)")] = True,
     ablation: Annotated[bool, typer.Option("--ablation", help="Run with and without RoTE; print both side by side")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars")] = False,
+    budget_min: Annotated[float, typer.Option("--budget-min", help="Wall-time budget per run (minutes): on a slower "
+                                              "machine stage 0b runs fewer steps to end within it; 0: all its steps")] = 30.0,
+    stage0_steps: Annotated[Optional[int], typer.Option("--stage0-steps", help="Stage 0b steps, overriding the config "
+                                                        "and the budget (to repeat a run made on another machine)")] = None,
 ) -> None:
     """Train a nano AF-Next from nothing on synthetic audio (corpus, tokenizer, stage 0 + 4 stages), then evaluate it."""
     from afnext import speedrun as sr
@@ -344,9 +349,19 @@ def speedrun(
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    if not (math.isfinite(budget_min) and budget_min >= 0):
+        _fail(f"--budget-min must be a number of minutes >= 0, got {budget_min}")
+        return
+    if stage0_steps is not None and stage0_steps < 1:
+        _fail(f"--stage0-steps must be >= 1, got {stage0_steps}")
+        return
     try:
-        runs = [True, False] if ablation else [rote]
-        results = {r: sr.run(out, rote=r, progress=not quiet, log=log) for r in runs}
+        results = {}
+        for r in ([True, False] if ablation else [rote]):
+            # the ablation's second run takes the first's stage 0b steps, so the two differ only in RoTE
+            steps = stage0_steps if not results else next(iter(results.values()))["stage0_steps"]
+            results[r] = sr.run(out, rote=r, progress=not quiet, log=log, budget_s=budget_min * 60 or None,
+                                stage0_steps=steps)
     except (TrainConfigError, TrainError) + _user_errors() as exc:
         _fail(str(exc))
         return

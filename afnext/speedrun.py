@@ -3,6 +3,7 @@
     afnext speedrun                     # or `make speedrun`: corpus, tokenizer, 5 stages, export, eval
     afnext speedrun --no-rote           # the same run in the AF3 layout (no rotary time embedding)
     afnext speedrun --ablation          # both, and the figures side by side
+    afnext speedrun --budget-min 0      # every configured step, however long this machine takes
 
 Steps, each timed:
 1. corpus: ``afnext.data.synth`` builds the speedrun families (``FAMILIES``) with ``TRAIN_PER_FAMILY``
@@ -17,7 +18,9 @@ Steps, each timed:
    then ``stage0`` trains encoder, adapter and a random LLM together on the answers; then the paper's four stages
    ``pretrain1`` (adapter only, audio <= 30 s), ``pretrain2`` (encoder + adapter, <= 1 min),
    ``midtrain1`` (everything, <= 10 min) and ``midtrain2`` (everything, <= 30 min, the midtrain1
-   mixture at half weight plus long audio), each starting from the previous stage's export.
+   mixture at half weight plus long audio), each starting from the previous stage's export. On a
+   machine too slow to finish within ``BUDGET_S`` (30 min), stage 0b runs fewer steps
+   (``fit_stage0_steps``); ``speedrun.json`` records how many.
 4. export: the last stage's ``final/`` is an HF-format checkpoint (``afnext ask --model`` and
    transformers' MusicFlamingo load it).
 5. eval: ``afnext.eval.synthetic`` on the held-out items: multiple-choice accuracy, digit/word ASR WER
@@ -32,6 +35,7 @@ steps); this module only supplies paths (``run.out_dir``, ``run.init``, ``data.r
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +62,19 @@ EVAL_PER_FAMILY = 50
 LONG_TRAIN, LONG_EVAL = 24, 2
 LONG_DURATION_S = (120.0, 300.0)  # nano long clips: 2-5 min (the full corpus uses 10-30 min)
 SEED = 0
+# The wall-time target of the whole run (#4), in seconds. Machines sold as the same 2 cores differ: the
+# same run took 25.2 min on 2026-12-04 and ~36 min on 2026-12-05 (every step ~40 % slower). Stage 0b is
+# the one stage long enough to absorb that, so on a slower machine it runs fewer steps (fit_stage0_steps),
+# predicted from how fast stage 0a ran on the same data; the step count used is logged and recorded.
+BUDGET_S = 30 * 60
+BUDGET_MARGIN_S = 60  # seconds kept in hand for the estimate's error
+# Stage 0b step time over stage 0a step time (stage 0a's includes its start-up): 0.376 / 0.398 s
+# (2026-12-04), 0.547 / 0.558 s (2026-12-05); the larger is used.
+STAGE0_PER_ENCODER_STEP = 0.98
+# Seconds of everything after stage 0b (pretrain1 .. midtrain2, eval) per second of stage 0a: 197 / 199 s
+# (2026-12-04), 279 / 279 s (2026-12-05).
+AFTER_STAGE0_PER_ENCODER_S = 1.0
+MIN_STAGE0_FRACTION = 0.5  # never fewer than this share of the configured steps: past it, report the overrun
 
 
 @dataclass
@@ -124,12 +141,32 @@ def write_family_registry(data_dir: Path) -> Path:
     return path
 
 
+def fit_stage0_steps(configured: int, *, elapsed_s: float, encoder_s: float, encoder_steps: int,
+                     budget_s: float) -> int:
+    """Stage 0b's step count: ``configured``, or fewer when the run would otherwise end past ``budget_s``.
+
+    ``elapsed_s``: the run's wall time so far (corpus and stage 0a); ``encoder_s`` / ``encoder_steps``:
+    how long stage 0a took and how many steps it ran, the measure of this machine's speed."""
+    if encoder_steps <= 0 or encoder_s <= 0:
+        return configured
+    step_s = STAGE0_PER_ENCODER_STEP * encoder_s / encoder_steps
+    left_s = budget_s - BUDGET_MARGIN_S - elapsed_s - AFTER_STAGE0_PER_ENCODER_S * encoder_s
+    fit = math.floor(left_s / step_s) if left_s > 0 else 0
+    return max(min(configured, fit), math.ceil(MIN_STAGE0_FRACTION * configured))
+
+
 def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, timer: PhaseTimer,
-                 steps_scale: float = 1.0, overrides: list[str] = (), progress: bool = True, log=print) -> Path:
+                 steps_scale: float = 1.0, overrides: list[str] = (), progress: bool = True, log=print,
+                 budget_s: float | None = None, started: float | None = None,
+                 stage0_steps: int | None = None) -> tuple[Path, int]:
+    """Run every stage; returns the last export and the steps stage 0b ran. ``stage0_steps`` forces that
+    count; else, with ``budget_s``, ``fit_stage0_steps`` may lower it (``started``: the run's start, a
+    ``time.perf_counter()`` reading)."""
     from afnext.train.config import TrainConfig
     from afnext.train.loop import Trainer
 
     init = "scratch"
+    steps: dict[str, int] = {}  # each stage's step count, as run
     for stage in STAGES:
         paths = [f'run.out_dir="{run_dir / stage}"', f'run.init="{init}"', f'data.registry="{registry}"',
                      f'data.processor="{tokenizer}"']
@@ -138,6 +175,19 @@ def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, 
         cfg = TrainConfig.load(CONFIG_DIR / f"{stage}.toml", paths + list(overrides))
         if steps_scale != 1.0:
             cfg.optim.max_steps = max(1, round(cfg.optim.max_steps * steps_scale))
+        if stage == "stage0":
+            configured = cfg.optim.max_steps
+            if stage0_steps is not None:
+                cfg.optim.max_steps = stage0_steps
+            elif budget_s:
+                cfg.optim.max_steps = fit_stage0_steps(
+                    configured, elapsed_s=time.perf_counter() - (started or time.perf_counter()),
+                    encoder_s=timer.seconds.get("stage0_encoder", 0.0), encoder_steps=steps.get("stage0_encoder", 0),
+                    budget_s=budget_s)
+                if cfg.optim.max_steps < configured:
+                    log(f"stage0: {cfg.optim.max_steps} of its {configured} steps, to end within {budget_s / 60:g} min "
+                        f"on this machine (stage 0a: {timer.seconds['stage0_encoder']:.0f} s; --budget-min 0 runs them all)")
+        steps[stage] = cfg.optim.max_steps
         t0 = time.perf_counter()
         if cfg.run.objective == "encoder":
             from afnext.train.encoder_pretrain import EncoderPretrainer
@@ -150,7 +200,7 @@ def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, 
         log(f"{stage}: {cfg.optim.max_steps} steps ({trains}), audio <= {cfg.data.max_audio_s:g} s "
             f"({time.perf_counter() - t0:.0f} s)")
         init = str(run_dir / stage)
-    return final
+    return final, steps.get("stage0", 0)
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict:
@@ -162,9 +212,11 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict:
 
 
 def run(out: Path = Path("runs/speedrun"), *, rote: bool = True, steps_scale: float = 1.0, overrides: list[str] = (),
-        progress: bool = True, log=print) -> dict:
+        progress: bool = True, log=print, budget_s: float | None = BUDGET_S, stage0_steps: int | None = None) -> dict:
     """The whole speedrun; ``steps_scale`` and ``overrides`` (``section.key=value``, every stage) are for
-    tests and experiments. Returns the summary written to ``<out>/<rote|norote>/speedrun.json``."""
+    tests and experiments. ``budget_s`` (None: off) fits stage 0b's steps to the wall-time budget;
+    ``stage0_steps`` sets them outright (an ablation's second run reuses the first's, so the two compare).
+    Returns the summary written to ``<out>/<rote|norote>/speedrun.json``."""
     from afnext.eval.synthetic import format_headline
 
     out = Path(out)
@@ -174,10 +226,12 @@ def run(out: Path = Path("runs/speedrun"), *, rote: bool = True, steps_scale: fl
     timer.run("corpus", build_corpus, data_dir, log=log)
     registry = write_family_registry(data_dir)
     run_dir = out / ("rote" if rote else "norote")
-    final = train_stages(run_dir, registry, data_dir / "tokenizer", rote=rote, timer=timer,
-                         steps_scale=steps_scale, overrides=overrides, progress=progress, log=log)
+    final, ran_stage0 = train_stages(run_dir, registry, data_dir / "tokenizer", rote=rote, timer=timer,
+                                     steps_scale=steps_scale, overrides=overrides, progress=progress, log=log,
+                                     budget_s=budget_s, started=t0, stage0_steps=stage0_steps)
     report = timer.run("eval", evaluate, final, data_dir, run_dir)
-    summary = {"model": str(final), "rote": rote, "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+    summary = {"model": str(final), "rote": rote, "stage0_steps": ran_stage0,
+               "budget_s": budget_s, "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
                "total_s": round(time.perf_counter() - t0, 1), "headline": report["headline"],
                "families": report["families"]}
     (run_dir / "speedrun.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

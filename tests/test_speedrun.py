@@ -115,11 +115,46 @@ def test_corpus_is_reused_and_no_rote_trains_the_af3_layout(toy):
     out, summary, _, mp = toy
     mp.setattr(sr, "STAGES", ("stage0_encoder", "stage0"))
     logs: list[str] = []
-    other = sr.run(out, rote=False, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append)
+    # a 1-second budget: stage 0b falls to its floor, half its (scaled) steps, and says so
+    other = sr.run(out, rote=False, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append, budget_s=1.0)
     assert f"corpus: reusing {out / 'data'}" in logs
+    configured = round(2650 * 0.004)
+    assert summary["stage0_steps"] == configured  # 30 min is plenty at toy scale
+    assert other["stage0_steps"] == (configured + 1) // 2 and other["budget_s"] == 1.0
+    rows = (out / "norote" / "stage0" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == (configured + 1) // 2
+    assert any(line.startswith(f"stage0: {(configured + 1) // 2} of its {configured} steps, to end within") for line in logs)
     cfg = json.loads((out / "norote" / "stage0" / "final" / "config.json").read_text())
     assert cfg["model_type"] == "audioflamingo3"
     assert json.loads((out / "rote" / "midtrain2" / "final" / "config.json").read_text())["model_type"] != "audioflamingo3"
     table = sr.side_by_side(summary, other)
     assert table.splitlines()[0].split() == ["RoTE", "no", "RoTE", "chance"]
     assert "multiple-choice accuracy" in table and "median onset error (s)" in table
+
+
+def test_stage0_steps_fit_the_budget():
+    fast = dict(elapsed_s=120.0, encoder_s=200.0, encoder_steps=500, budget_s=1800.0)
+    assert sr.fit_stage0_steps(2650, **fast) == 2650  # the 2026-12-04 machine: all of them
+    slow = dict(elapsed_s=450.0, encoder_s=280.0, encoder_steps=500, budget_s=1800.0)
+    step_s = sr.STAGE0_PER_ENCODER_STEP * 280.0 / 500
+    left = 1800.0 - sr.BUDGET_MARGIN_S - 450.0 - sr.AFTER_STAGE0_PER_ENCODER_S * 280.0
+    assert sr.fit_stage0_steps(2650, **slow) == int(left // step_s) < 2650
+    # the predicted total stays inside the budget
+    assert 450.0 + sr.fit_stage0_steps(2650, **slow) * step_s + sr.AFTER_STAGE0_PER_ENCODER_S * 280.0 <= 1800.0
+    assert sr.fit_stage0_steps(2650, **{**slow, "elapsed_s": 5000.0}) == 1325  # the floor, not zero
+    assert sr.fit_stage0_steps(2650, **{**slow, "encoder_steps": 0}) == 2650  # nothing measured: no change
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget-min", "-1"], "--budget-min must be a number of minutes >= 0, got -1.0"),
+    (["--budget-min", "nan"], "--budget-min must be a number of minutes >= 0, got nan"),
+    (["--stage0-steps", "0"], "--stage0-steps must be >= 1, got 0"),
+])
+def test_speedrun_cli_errors(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from afnext.cli import app
+
+    r = CliRunner().invoke(app, ["speedrun", "--out", str(tmp_path / "run"), *args])
+    assert r.exit_code == 2 and message in " ".join(r.output.split())
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -1,0 +1,205 @@
+"""Can a trained nano AF-Next learn to read event onsets from its audio, given many more onset examples?
+
+    .venv/bin/python experiments/onset_readout.py                          # onset answers only
+    .venv/bin/python experiments/onset_readout.py --grounding-weight 1     # + the grounding loss
+
+The speedrun's onset figure stays at chance while its transcription and multiple-choice figures are
+well past their targets. This experiment separates the two halves of an onset answer: *finding* the
+asked event's first audio tokens, and *reading* their time out as digits. It continues a trained model
+(by default the shipped `examples/nano-afnext`) on `event_onset` clips (10-60 s) only, with the encoder
+frozen so that its output is computed once per clip and cached (the adapter and LLM train; RoTE is
+applied on the fly, so the time code is the model's own). Each training clip asks about every one of
+its 2-5 events in one multi-turn conversation, 2-5 answers for one clip's audio. With
+``--grounding-weight`` the answer positions' attention (head 0 of LLM layer ``--grounding-layer``) is
+supervised onto the asked event's onset tokens, and the layer before onto the question's name for it
+(``afnext.train.grounding``), so finding is taken care of and only reading remains.
+
+It prints the training loss (per answer token, the closing token included) and, every
+``--eval-every`` steps, the median onset error on the held-out `event_onset` items of the corpus
+(greedy answers to their own questions, scored like `afnext eval synthetic`). Needs the speedrun
+corpus (`make speedrun` writes it to runs/speedrun/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from afnext.audio import load_audio
+from afnext.data.families.sound import NOUN, ONSET_QUESTIONS
+from afnext.data.tokenize import StageCaps, encode_sample
+from afnext.eval.synthetic import predicted_onset
+from afnext.model.afnext import IGNORE_INDEX, AFNext
+from afnext.model.encoder import tokens_from_mel_frames
+from afnext.model.rote import window_index_per_row
+from afnext.processor import Processor
+from afnext.train.grounding import GroundingProbe, grounding_span, probe_attention, word_span
+
+CAPS = StageCaps(max_audio_s=60.0, max_tokens=8192)
+ANSWER_TOKENS = 8  # greedy tokens per held-out answer: "12.4s" is 5
+
+
+def read_rows(manifest: Path, family: str) -> list[dict]:
+    with open(manifest, encoding="utf-8") as fh:
+        return [r for r in map(json.loads, filter(str.strip, fh)) if r["family"] == family]
+
+
+def answer_runs(labels: torch.Tensor) -> list[list[int]]:
+    """Positions of each assistant answer's labelled tokens, one list per answer, in order."""
+    runs: list[list[int]] = []
+    for p in (labels != IGNORE_INDEX).nonzero().flatten().tolist():
+        if runs and p == runs[-1][-1] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+class Clip:
+    """One clip's tokenized sample, its cached encoder output and (for training) its grounding targets."""
+
+    def __init__(self, model: AFNext, sample, targets=(), name_targets=()):
+        with torch.no_grad():
+            self.hidden = model.encoder(sample.input_features, sample.input_features_mask)
+        self.tokens_per_row = tokens_from_mel_frames(sample.input_features_mask.sum(-1).long())
+        self.input_ids, self.labels = sample.input_ids, sample.labels
+        self.targets, self.name_targets = list(targets), list(name_targets)
+
+    def audio_embeds(self, model: AFNext) -> torch.Tensor:
+        x = self.hidden
+        if model.rote is not None:
+            window = window_index_per_row(self.input_ids[None], model.config.audio_token_id, self.tokens_per_row)
+            x = model.rote(x, window, model.encoder.tokens_per_window)
+        e = model.adapter(x)
+        return torch.cat([e[j, : int(self.tokens_per_row[j])] for j in range(e.shape[0])])
+
+
+def training_clip(model: AFNext, proc: Processor, row: dict, root: Path, rng: random.Random) -> Clip:
+    events = list(row["labels"]["events"])
+    rng.shuffle(events)
+    conv = []
+    for k, e in enumerate(events):
+        question = rng.choice(ONSET_QUESTIONS).format(x=NOUN[e["label"]])
+        conv += [{"from": "human", "value": ("<sound>\n" if k == 0 else "") + question},
+                 {"from": "gpt", "value": f"{e['onset_s']:.1f}s"}]
+    sample = encode_sample(proc, conv, [load_audio(root / row["sound"])], CAPS)
+    targets, names = [], []
+    for run, e in zip(answer_runs(sample.labels), events):
+        queries = torch.tensor(run[:-1]) - 1  # the logit at p - 1 predicts answer token p (closing token left out)
+        span = grounding_span(sample.input_ids, model.config.audio_token_id, e["onset_s"])
+        name = word_span(sample.input_ids, proc.tokenizer.encode(" " + NOUN[e["label"]]), run[0])
+        if span is not None:
+            targets.append((queries, span[0], span[1], 0))
+        if name is not None:
+            names.append((queries, name[0], name[1], 0))
+    return Clip(model, sample, targets, names)
+
+
+@torch.no_grad()
+def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]]) -> tuple[float, list[str]]:
+    model.eval()
+    errors, answers = [], []
+    for clip, truth in items:
+        prompt_end = int((clip.labels != IGNORE_INDEX).nonzero()[0])
+        ids, embeds, out_ids = clip.input_ids[:prompt_end], clip.audio_embeds(model), []
+        for _ in range(ANSWER_TOKENS):
+            nxt = int(model(input_ids=ids[None], audio_embeds=embeds, logits_to_keep=1).logits[0, -1].argmax())
+            if nxt == proc.tokenizer.eos_token_id:
+                break
+            out_ids.append(nxt)
+            ids = torch.cat([ids, torch.tensor([nxt])])
+        text = proc.decode(out_ids)
+        guess = predicted_onset(text)
+        answers.append(text)
+        errors.append(abs((guess if guess is not None else 0.0) - truth))
+    model.train()
+    return statistics.median(errors), answers
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="examples/nano-afnext")
+    ap.add_argument("--data", default="runs/speedrun/data", type=Path)
+    ap.add_argument("--train-clips", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=8, help="clips per optimizer step")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--grounding-weight", type=float, default=0.0)
+    ap.add_argument("--grounding-layer", type=int, default=1)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write the curve here")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    model = AFNext.from_pretrained(args.model).float()
+    proc = Processor.from_pretrained(args.model)
+    t0 = time.perf_counter()
+    train = [training_clip(model, proc, r, args.data, rng)
+             for r in read_rows(args.data / "train.jsonl", "event_onset")[: args.train_clips]]
+    held_out = []
+    for r in read_rows(args.data / "eval.jsonl", "event_onset"):
+        sample = encode_sample(proc, r["conversations"], [load_audio(args.data / r["sound"])], CAPS)
+        held_out.append((Clip(model, sample), float(r["labels"]["onset_s"])))
+    print(f"encoded {len(train)} training and {len(held_out)} held-out clips ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    curve = []
+
+    def evaluate(step: int, loss: float | None, ground: float | None) -> None:
+        err, answers = median_error(model, proc, held_out)
+        curve.append({"step": step, "clips_seen": step * args.batch, "train_loss": loss, "ground": ground,
+                      "median_onset_error_s": err, "answers": answers[:5]})
+        print(f"step {step}: held-out median onset error {err:.2f} s; answers {answers[:5]}", flush=True)
+
+    evaluate(0, None, None)
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    layers = model.llm.layers
+    losses, grounds = [], []
+    for step in range(1, args.steps + 1):
+        warm = min(1.0, step / max(1, args.steps // 20))
+        for g in opt.param_groups:  # warmup, then cosine to 10 %
+            g["lr"] = args.lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / args.steps)))
+        opt.zero_grad()
+        step_loss = 0.0
+        for _ in range(args.batch):
+            clip = rng.choice(train)
+            onset_probe, name_probe = GroundingProbe([0], clip.targets), GroundingProbe([0], clip.name_targets)
+            with probe_attention(layers[args.grounding_layer].self_attn, onset_probe), \
+                    probe_attention(layers[args.grounding_layer - 1].self_attn, name_probe):
+                out = model(input_ids=clip.input_ids[None], audio_embeds=clip.audio_embeds(model), labels=clip.labels[None])
+            loss = out.loss
+            if onset_probe.losses:
+                ground = torch.stack(onset_probe.losses).mean()
+                grounds.append(float(ground.detach()))
+                if args.grounding_weight:
+                    names = torch.stack(name_probe.losses).mean() if name_probe.losses else 0.0
+                    loss = loss + args.grounding_weight * (ground + names)
+            (loss / args.batch).backward()
+            step_loss += float(out.loss.detach()) / args.batch
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(step_loss)
+        if step % 25 == 0:
+            print(f"step {step}: answer loss {statistics.mean(losses[-25:]):.3f} nats/token, -log attention mass "
+                  f"on the onset {statistics.mean(grounds[-25 * args.batch:]):.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if step % args.eval_every == 0 or step == args.steps:
+            evaluate(step, statistics.mean(losses[-25:]), statistics.mean(grounds[-25 * args.batch:]))
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "curve": curve}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+if __name__ == "__main__":
+    main()
