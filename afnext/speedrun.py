@@ -63,7 +63,7 @@ LONG_TRAIN, LONG_EVAL = 24, 2
 LONG_DURATION_S = (120.0, 300.0)  # nano long clips: 2-5 min (the full corpus uses 10-30 min)
 SEED = 0
 # The wall-time target of the whole run (#4), in seconds. Machines sold as the same 2 cores differ: the
-# same run took 25.2 min on 2026-12-04 and ~36 min on 2026-12-05 (every step ~40 % slower). Stage 0b is
+# same run took 25.2 min on 2026-12-04 and 36.3 min on 2026-12-05 (every step ~40 % slower). Stage 0b is
 # the one stage long enough to absorb that, so on a slower machine it runs fewer steps (fit_stage0_steps),
 # predicted from how fast stage 0a ran on the same data; the step count used is logged and recorded.
 BUDGET_S = 30 * 60
