@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from afnext.audio import load_audio
+from afnext.audio import TOKEN_SECONDS, load_audio
 from afnext.data.families.sound import NOUN, ONSET_QUESTIONS
 from afnext.data.tokenize import StageCaps, encode_sample
 from afnext.eval.synthetic import predicted_onset
@@ -65,20 +65,78 @@ def answer_runs(labels: torch.Tensor) -> list[list[int]]:
 class Clip:
     """One clip's tokenized sample, its cached encoder output and (for training) its grounding targets."""
 
-    def __init__(self, model: AFNext, sample, targets=(), name_targets=()):
+    def __init__(self, model: AFNext, sample, targets=(), name_targets=(), events=()):
         with torch.no_grad():
             self.hidden = model.encoder(sample.input_features, sample.input_features_mask)
         self.tokens_per_row = tokens_from_mel_frames(sample.input_features_mask.sum(-1).long())
         self.input_ids, self.labels = sample.input_ids, sample.labels
         self.targets, self.name_targets = list(targets), list(name_targets)
+        self.events = list(events)  # every event of the clip, for the drill
 
-    def audio_embeds(self, model: AFNext) -> torch.Tensor:
+    def placed(self, model: AFNext) -> torch.Tensor:
+        """(audio tokens, C) the encoder output with RoTE applied, one row per audio token."""
         x = self.hidden
         if model.rote is not None:
             window = window_index_per_row(self.input_ids[None], model.config.audio_token_id, self.tokens_per_row)
             x = model.rote(x, window, model.encoder.tokens_per_window)
-        e = model.adapter(x)
-        return torch.cat([e[j, : int(self.tokens_per_row[j])] for j in range(e.shape[0])])
+        return torch.cat([x[j, : int(self.tokens_per_row[j])] for j in range(x.shape[0])])
+
+    def audio_embeds(self, model: AFNext, select: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.placed(model)
+        return model.adapter(x if select is None else x[select])
+
+    def drill(self, model: AFNext, events: list[dict], distractors: int, rng: random.Random, encode=None):
+        """The same conversation with its audio cut down to the asked events' onset tokens plus
+        ``distractors`` other tokens of the clip, in time order: (input_ids, labels, audio embeds).
+        Each kept token keeps its own time code, so the answers stay the same. With ``shift`` the kept
+        tokens are moved together by a random offset within the 60-s cap (RoTE applied at their new
+        times) and the answers rewritten to match, so a clip's sounds no longer tell its answers. ``encode``
+        (the tokenizer's) turns this on; it needs a conversation that asks about ``events`` in order."""
+        slots = (self.input_ids == model.config.audio_token_id).nonzero().flatten()
+        first, n = int(slots[0]), slots.numel()
+        keep = set()
+        for e in events:
+            span = grounding_span(self.input_ids, model.config.audio_token_id, e["onset_s"])
+            if span is not None:
+                keep.update(range(span[0] - first, span[1] - first))
+        others = [i for i in range(n) if i not in keep]
+        keep.update(rng.sample(others, min(distractors, len(others))))
+        select = torch.tensor(sorted(keep))
+        ids = torch.cat([self.input_ids[:first], torch.full((len(select),), model.config.audio_token_id),
+                         self.input_ids[first + n:]])
+        labels = torch.cat([self.labels[:first], torch.full((len(select),), IGNORE_INDEX), self.labels[first + n:]])
+        if encode is None:
+            return ids, labels, self.audio_embeds(model, select)
+        per_window = model.encoder.tokens_per_window
+        limit = int(CAPS.max_audio_s / TOKEN_SECONDS)  # tokens in the longest clip
+        offset = rng.randint(-int(select[0]), limit - 1 - int(select[-1]))
+        flat = torch.cat([self.hidden[j, : int(self.tokens_per_row[j])] for j in range(self.hidden.shape[0])])
+        windows = math.ceil(limit / per_window)
+        moved = flat.new_zeros(windows * per_window, flat.shape[-1])
+        moved[select + offset] = flat[select]
+        moved = moved.view(windows, per_window, -1)
+        if model.rote is not None:
+            moved = model.rote(moved, torch.arange(windows), per_window)
+        embeds = model.adapter(moved.flatten(0, 1)[select + offset])
+        # rewrite each answer: every "<t>s" answer moves by the same offset
+        answers = [(e["onset_s"], f"{e['onset_s'] + offset * TOKEN_SECONDS:.1f}s") for e in events]
+        out_ids, out_labels = [], []
+        ids_l, labels_l = ids.tolist(), labels.tolist()
+        runs = answer_runs(labels)
+        if len(runs) != len(events):
+            raise ValueError(f"a shifted drill needs one answer per event: {len(runs)} answers, {len(events)} events")
+        cut = 0
+        for run, (onset, text) in zip(runs, answers):
+            body = run[:-1]  # the closing token stays
+            if ids_l[body[0]: body[-1] + 1] != encode(f"{onset:.1f}s"):
+                raise ValueError("a drill answer is not tokenized as its text alone")
+            new = encode(text)
+            out_ids += ids_l[cut: body[0]] + new
+            out_labels += labels_l[cut: body[0]] + new
+            cut = body[-1] + 1
+        out_ids += ids_l[cut:]
+        out_labels += labels_l[cut:]
+        return torch.tensor(out_ids), torch.tensor(out_labels), embeds
 
 
 def training_clip(model: AFNext, proc: Processor, row: dict, root: Path, rng: random.Random) -> Clip:
@@ -99,16 +157,33 @@ def training_clip(model: AFNext, proc: Processor, row: dict, root: Path, rng: ra
             targets.append((queries, span[0], span[1], 0))
         if name is not None:
             names.append((queries, name[0], name[1], 0))
-    return Clip(model, sample, targets, names)
+    return Clip(model, sample, targets, names, events)
+
+
+def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.Random, encode=None):
+    """Right-padded (input_ids, labels) rows and the audio embeds of each clip's drill, in row order."""
+    rows = [c.drill(model, c.events, distractors, rng, encode) for c in clips]
+    width = max(len(ids) for ids, _, _ in rows)
+    pad = lambda t, v: torch.cat([t, torch.full((width - len(t),), v, dtype=t.dtype)])  # noqa: E731
+    ids = torch.stack([pad(i, 0) for i, _, _ in rows])  # padding sits after each row's last label: causal attention never sees it
+    labels = torch.stack([pad(lab, IGNORE_INDEX) for _, lab, _ in rows])
+    return ids, labels, torch.cat([e for _, _, e in rows])
 
 
 @torch.no_grad()
-def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]]) -> tuple[float, list[str]]:
+def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]],
+                 drill: int | None = None) -> tuple[float, list[str]]:
+    """Median onset error of greedy answers on the held-out clips, or (``drill`` = distractor count) on
+    their drills, whose distractors are drawn the same way at every evaluation."""
     model.eval()
     errors, answers = [], []
-    for clip, truth in items:
-        prompt_end = int((clip.labels != IGNORE_INDEX).nonzero()[0])
-        ids, embeds, out_ids = clip.input_ids[:prompt_end], clip.audio_embeds(model), []
+    for k, (clip, truth) in enumerate(items):
+        if drill is None:
+            ids, labels, embeds = clip.input_ids, clip.labels, clip.audio_embeds(model)
+        else:
+            ids, labels, embeds = clip.drill(model, clip.events, drill, random.Random(k))
+        prompt_end = int((labels != IGNORE_INDEX).nonzero()[0])
+        ids, out_ids = ids[:prompt_end], []
         for _ in range(ANSWER_TOKENS):
             nxt = int(model(input_ids=ids[None], audio_embeds=embeds, logits_to_keep=1).logits[0, -1].argmax())
             if nxt == proc.tokenizer.eos_token_id:
@@ -129,7 +204,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", default="runs/speedrun/data", type=Path)
     ap.add_argument("--train-clips", type=int, default=800)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=8, help="clips per optimizer step")
+    ap.add_argument("--batch", type=int, default=8, help="whole clips per optimizer step (0: drills only)")
+    ap.add_argument("--drill-batch", type=int, default=0,
+                    help="drills per optimizer step: a clip cut down to its events' onset tokens and a few others")
+    ap.add_argument("--drill-distractors", type=int, default=8, help="tokens kept in a drill besides the onsets")
+    ap.add_argument("--drill-shift", action="store_true", help="move each drill's tokens to a random time (RoTE re-applied)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--grounding-weight", type=float, default=0.0)
     ap.add_argument("--grounding-layer", type=int, default=1)
@@ -148,16 +227,21 @@ def main(argv=None) -> dict:
     held_out = []
     for r in read_rows(args.data / "eval.jsonl", "event_onset"):
         sample = encode_sample(proc, r["conversations"], [load_audio(args.data / r["sound"])], CAPS)
-        held_out.append((Clip(model, sample), float(r["labels"]["onset_s"])))
+        held_out.append((Clip(model, sample, events=r["labels"]["events"]), float(r["labels"]["onset_s"])))
     print(f"encoded {len(train)} training and {len(held_out)} held-out clips ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     curve = []
 
     def evaluate(step: int, loss: float | None, ground: float | None) -> None:
         err, answers = median_error(model, proc, held_out)
-        curve.append({"step": step, "clips_seen": step * args.batch, "train_loss": loss, "ground": ground,
-                      "median_onset_error_s": err, "answers": answers[:5]})
-        print(f"step {step}: held-out median onset error {err:.2f} s; answers {answers[:5]}", flush=True)
+        row = {"step": step, "clips_seen": step * args.batch, "drills_seen": step * args.drill_batch,
+               "train_loss": loss, "ground": ground, "median_onset_error_s": err, "answers": answers[:5]}
+        line = f"step {step}: held-out median onset error {err:.2f} s"
+        if args.drill_batch:
+            row["drill_median_onset_error_s"], drill_answers = median_error(model, proc, held_out, args.drill_distractors)
+            line += f" (on their drills {row['drill_median_onset_error_s']:.2f} s, answers {drill_answers[:5]})"
+        curve.append(row)
+        print(f"{line}; answers {answers[:5]}", flush=True)
 
     evaluate(0, None, None)
     for p in model.encoder.parameters():
@@ -165,7 +249,7 @@ def main(argv=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     layers = model.llm.layers
-    losses, grounds = [], []
+    losses, grounds, drill_losses = [], [], []
     for step in range(1, args.steps + 1):
         warm = min(1.0, step / max(1, args.steps // 20))
         for g in opt.param_groups:  # warmup, then cosine to 10 %
@@ -185,16 +269,28 @@ def main(argv=None) -> dict:
                 if args.grounding_weight:
                     names = torch.stack(name_probe.losses).mean() if name_probe.losses else 0.0
                     loss = loss + args.grounding_weight * (ground + names)
-            (loss / args.batch).backward()
+            (loss / (args.batch + bool(args.drill_batch))).backward()
             step_loss += float(out.loss.detach()) / args.batch
+        if args.drill_batch:
+            ids, labels, embeds = drill_batch(model, rng.sample(train, args.drill_batch), args.drill_distractors, rng,
+                                              proc.tokenizer.encode if args.drill_shift else None)
+            out = model(input_ids=ids, audio_embeds=embeds, labels=labels)
+            (out.loss / (args.batch + 1)).backward()
+            drill_losses.append(float(out.loss.detach()))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(step_loss)
         if step % 25 == 0:
-            print(f"step {step}: answer loss {statistics.mean(losses[-25:]):.3f} nats/token, -log attention mass "
-                  f"on the onset {statistics.mean(grounds[-25 * args.batch:]):.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            line = f"step {step}:"
+            if args.batch:
+                line += (f" answer loss {statistics.mean(losses[-25:]):.3f} nats/token, -log attention mass on the "
+                         f"onset {statistics.mean(grounds[-25 * args.batch:]):.2f}")
+            if args.drill_batch:
+                line += f" drill loss {statistics.mean(drill_losses[-25:]):.3f}"
+            print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
-            evaluate(step, statistics.mean(losses[-25:]), statistics.mean(grounds[-25 * args.batch:]))
+            evaluate(step, statistics.mean(losses[-25:]) if args.batch else statistics.mean(drill_losses[-25:]),
+                     statistics.mean(grounds[-25 * args.batch:]) if args.batch else None)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "curve": curve}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
