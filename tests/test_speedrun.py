@@ -158,3 +158,28 @@ def test_speedrun_cli_errors(tmp_path, args, message):
     r = CliRunner().invoke(app, ["speedrun", "--out", str(tmp_path / "run"), *args])
     assert r.exit_code == 2 and message in " ".join(r.output.split())
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("args, first_steps, budget_s", [
+    (["--ablation"], None, 1800.0),
+    (["--ablation", "--stage0-steps", "7", "--budget-min", "0"], 7, None),
+])
+def test_speedrun_cli_passes_budget_and_ablation_reuses_stage0_steps(tmp_path, monkeypatch, args, first_steps, budget_s):
+    from typer.testing import CliRunner
+
+    from afnext.cli import app
+
+    calls = []
+
+    def fake_run(out, *, rote, progress, log, budget_s, stage0_steps):
+        calls.append({"rote": rote, "budget_s": budget_s, "stage0_steps": stage0_steps})
+        fitted = stage0_steps or 1851  # what a budget would have fitted on a slow machine
+        return {"stage0_steps": fitted, "headline": {}, "families": {}}
+
+    monkeypatch.setattr(sr, "run", fake_run)
+    r = CliRunner().invoke(app, ["speedrun", "--out", str(tmp_path / "run"), "--quiet", *args])
+    assert r.exit_code == 0, r.output
+    assert [c["rote"] for c in calls] == [True, False]
+    assert calls[0] == {"rote": True, "budget_s": budget_s, "stage0_steps": first_steps}
+    # the no-RoTE run repeats the RoTE run's stage 0b steps, whatever set them
+    assert calls[1]["stage0_steps"] == (first_steps or 1851)
