@@ -2,6 +2,10 @@
 
     .venv/bin/python experiments/onset_readout.py                          # onset answers only
     .venv/bin/python experiments/onset_readout.py --grounding-weight 1     # + the grounding loss
+    # reading alone: single-token reads, then drills of whole event spans (reads kept going)
+    .venv/bin/python experiments/onset_readout.py --batch 0 --read-batch 64 --save runs/readout/reads
+    .venv/bin/python experiments/onset_readout.py --model runs/readout/reads --batch 0 --read-batch 32 \
+        --drill-batch 32 --drill-shift --drill-spans --train-clips 1000 --steps 300
 
 The speedrun's onset figure stays at chance while its transcription and multiple-choice figures are
 well past their targets. This experiment separates the two halves of an onset answer: *finding* the
@@ -13,6 +17,12 @@ its 2-5 events in one multi-turn conversation, 2-5 answers for one clip's audio.
 ``--grounding-weight`` the answer positions' attention (head 0 of LLM layer ``--grounding-layer``) is
 supervised onto the asked event's onset tokens, and the layer before onto the question's name for it
 (``afnext.train.grounding``), so finding is taken care of and only reading remains.
+
+Reads (``--read-batch``) hand the LLM one audio token of a clip, at its own time, and ask when the sound
+starts: reading without finding. Drills (``--drill-batch``) cut a clip down to its events' onset tokens
+(or, with ``--drill-spans``, their whole spans) plus a few others: finding among a few events, then
+reading. Held-out answers that land within 1 s of another event's onset are counted apart: that is a
+wrong pick, not a wrong reading.
 
 It prints the training loss (per answer token, the closing token included) and, every
 ``--eval-every`` steps, the median onset error on the held-out `event_onset` items of the corpus
@@ -26,10 +36,12 @@ import argparse
 import json
 import math
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from afnext.audio import TOKEN_SECONDS, load_audio
@@ -40,7 +52,7 @@ from afnext.model.afnext import IGNORE_INDEX, AFNext
 from afnext.model.encoder import tokens_from_mel_frames
 from afnext.model.rote import window_index_per_row
 from afnext.processor import Processor
-from afnext.train.grounding import GroundingProbe, grounding_span, probe_attention, word_span
+from afnext.train.grounding import SPAN_S, GroundingProbe, grounding_span, probe_attention, word_span
 
 CAPS = StageCaps(max_audio_s=60.0, max_tokens=8192)
 ANSWER_TOKENS = 8  # greedy tokens per held-out answer: "12.4s" is 5
@@ -85,7 +97,8 @@ class Clip:
         x = self.placed(model)
         return model.adapter(x if select is None else x[select])
 
-    def drill(self, model: AFNext, events: list[dict], distractors: int, rng: random.Random, encode=None):
+    def drill(self, model: AFNext, events: list[dict], distractors: int, rng: random.Random, encode=None,
+              spans: bool = False):
         """The same conversation with its audio cut down to the asked events' onset tokens plus
         ``distractors`` other tokens of the clip, in time order: (input_ids, labels, audio embeds).
         Each kept token keeps its own time code, so the answers stay the same. With ``shift`` the kept
@@ -96,7 +109,8 @@ class Clip:
         first, n = int(slots[0]), slots.numel()
         keep = set()
         for e in events:
-            span = grounding_span(self.input_ids, model.config.audio_token_id, e["onset_s"])
+            length = e["offset_s"] - e["onset_s"] if spans else SPAN_S
+            span = grounding_span(self.input_ids, model.config.audio_token_id, e["onset_s"], length)
             if span is not None:
                 keep.update(range(span[0] - first, span[1] - first))
         others = [i for i in range(n) if i not in keep]
@@ -160,9 +174,67 @@ def training_clip(model: AFNext, proc: Processor, row: dict, root: Path, rng: ra
     return Clip(model, sample, targets, names, events)
 
 
-def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.Random, encode=None):
+class Reads:
+    """Single-token reads: one audio token of a clip, at its own time, and the question "When does the
+    sound start?" answered with that token's start time. The LLM sees nothing else, so a read tests (and
+    trains) reading a time out of the RoTE-coded token alone, with no finding involved."""
+
+    QUESTION = "When does the sound start?"
+
+    def __init__(self, model: AFNext, proc: Processor):
+        # the chat template around a one-token audio (40 ms = 640 samples at 16 kHz -> one token)
+        sample = encode_sample(proc, [{"from": "human", "value": "<sound>\n" + self.QUESTION},
+                                      {"from": "gpt", "value": "0.0s"}], [np.zeros(640, np.float32)], CAPS)
+        if int((sample.input_ids == model.config.audio_token_id).sum()) != 1:
+            raise ValueError("a 40-ms audio did not give exactly one audio token")
+        start = int((sample.labels != IGNORE_INDEX).nonzero()[0])
+        self.prefix = sample.input_ids[:start]
+        self.close = sample.input_ids[start + len(proc.tokenizer.encode("0.0s")):]
+        self.model, self.encode = model, proc.tokenizer.encode
+
+    def pick(self, clips: list[Clip], rng: random.Random) -> tuple[Clip, int]:
+        clip = rng.choice(clips)
+        return clip, rng.randrange(int(clip.tokens_per_row.sum()))
+
+    def batch(self, clips: list[Clip], n: int, rng: random.Random):
+        """Right-padded (input_ids, labels) of n reads and their audio embeds."""
+        rows, feats = [], []
+        for _ in range(n):
+            clip, token = self.pick(clips, rng)
+            answer = torch.tensor(self.encode(f"{token * TOKEN_SECONDS:.1f}s"))
+            rows.append((torch.cat([self.prefix, answer, self.close]),
+                         torch.cat([torch.full_like(self.prefix, IGNORE_INDEX), answer, self.close])))
+            feats.append(clip.placed(self.model)[token])
+        width = max(len(ids) for ids, _ in rows)
+        pad = lambda t, v: torch.cat([t, torch.full((width - len(t),), v, dtype=t.dtype)])  # noqa: E731
+        return (torch.stack([pad(i, 0) for i, _ in rows]), torch.stack([pad(lab, IGNORE_INDEX) for _, lab in rows]),
+                self.model.adapter(torch.stack(feats)))
+
+    @torch.no_grad()
+    def median_error(self, proc: Processor, clips: list[Clip], n: int = 200) -> float:
+        """Median error of greedy reads of n random tokens of the (held-out) clips, drawn the same way each time."""
+        self.model.eval()
+        rng, errors = random.Random(123), []
+        for _ in range(n):
+            clip, token = self.pick(clips, rng)
+            ids, out_ids = self.prefix, []
+            embeds = self.model.adapter(clip.placed(self.model)[token][None])
+            for _ in range(ANSWER_TOKENS):
+                nxt = int(self.model(input_ids=ids[None], audio_embeds=embeds, logits_to_keep=1).logits[0, -1].argmax())
+                if nxt == proc.tokenizer.eos_token_id:
+                    break
+                out_ids.append(nxt)
+                ids = torch.cat([ids, torch.tensor([nxt])])
+            guess = predicted_onset(proc.decode(out_ids))
+            errors.append(abs((guess if guess is not None else 0.0) - token * TOKEN_SECONDS))
+        self.model.train()
+        return statistics.median(errors)
+
+
+def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.Random, encode=None,
+                spans: bool = False):
     """Right-padded (input_ids, labels) rows and the audio embeds of each clip's drill, in row order."""
-    rows = [c.drill(model, c.events, distractors, rng, encode) for c in clips]
+    rows = [c.drill(model, c.events, distractors, rng, encode, spans) for c in clips]
     width = max(len(ids) for ids, _, _ in rows)
     pad = lambda t, v: torch.cat([t, torch.full((width - len(t),), v, dtype=t.dtype)])  # noqa: E731
     ids = torch.stack([pad(i, 0) for i, _, _ in rows])  # padding sits after each row's last label: causal attention never sees it
@@ -172,16 +244,17 @@ def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.
 
 @torch.no_grad()
 def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]],
-                 drill: int | None = None) -> tuple[float, list[str]]:
+                 drill: int | None = None, spans: bool = False) -> tuple[float, list[str], float]:
     """Median onset error of greedy answers on the held-out clips, or (``drill`` = distractor count) on
-    their drills, whose distractors are drawn the same way at every evaluation."""
+    their drills, whose distractors are drawn the same way at every evaluation; and the share of answers
+    that read another event's onset (within 1 s of it): a wrong pick rather than a wrong reading."""
     model.eval()
-    errors, answers = [], []
+    errors, answers, other_event = [], [], 0
     for k, (clip, truth) in enumerate(items):
         if drill is None:
             ids, labels, embeds = clip.input_ids, clip.labels, clip.audio_embeds(model)
         else:
-            ids, labels, embeds = clip.drill(model, clip.events, drill, random.Random(k))
+            ids, labels, embeds = clip.drill(model, clip.events, drill, random.Random(k), spans=spans)
         prompt_end = int((labels != IGNORE_INDEX).nonzero()[0])
         ids, out_ids = ids[:prompt_end], []
         for _ in range(ANSWER_TOKENS):
@@ -194,8 +267,11 @@ def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]]
         guess = predicted_onset(text)
         answers.append(text)
         errors.append(abs((guess if guess is not None else 0.0) - truth))
+        if guess is not None and clip.events:
+            nearest = min(clip.events, key=lambda e: abs(e["onset_s"] - guess))
+            other_event += abs(nearest["onset_s"] - truth) > 1e-6 and abs(nearest["onset_s"] - guess) <= 1.0
     model.train()
-    return statistics.median(errors), answers
+    return statistics.median(errors), answers, other_event / len(items)
 
 
 def main(argv=None) -> dict:
@@ -208,13 +284,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--drill-batch", type=int, default=0,
                     help="drills per optimizer step: a clip cut down to its events' onset tokens and a few others")
     ap.add_argument("--drill-distractors", type=int, default=8, help="tokens kept in a drill besides the onsets")
+    ap.add_argument("--drill-spans", action="store_true",
+                    help="keep each event's whole span (onset to offset) in a drill, not just its onset tokens")
     ap.add_argument("--drill-shift", action="store_true", help="move each drill's tokens to a random time (RoTE re-applied)")
+    ap.add_argument("--read-batch", type=int, default=0,
+                    help="single-token reads per optimizer step: one audio token, asked its time")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--grounding-weight", type=float, default=0.0)
     ap.add_argument("--grounding-layer", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write the curve here")
+    ap.add_argument("--save", type=Path, help="save the trained model here (a checkpoint directory, for --model)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -231,15 +312,21 @@ def main(argv=None) -> dict:
     print(f"encoded {len(train)} training and {len(held_out)} held-out clips ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     curve = []
+    reads = Reads(model, proc)
 
     def evaluate(step: int, loss: float | None, ground: float | None) -> None:
-        err, answers = median_error(model, proc, held_out)
+        err, answers, other = median_error(model, proc, held_out)
         row = {"step": step, "clips_seen": step * args.batch, "drills_seen": step * args.drill_batch,
                "train_loss": loss, "ground": ground, "median_onset_error_s": err, "answers": answers[:5]}
-        line = f"step {step}: held-out median onset error {err:.2f} s"
+        row["other_event_share"] = other
+        line = f"step {step}: held-out median onset error {err:.2f} s ({other:.0%} at another event's onset)"
         if args.drill_batch:
-            row["drill_median_onset_error_s"], drill_answers = median_error(model, proc, held_out, args.drill_distractors)
-            line += f" (on their drills {row['drill_median_onset_error_s']:.2f} s, answers {drill_answers[:5]})"
+            row["drill_median_onset_error_s"], drill_answers, row["drill_other_event_share"] = median_error(model, proc, held_out, args.drill_distractors, args.drill_spans)
+            line += (f" (on their drills {row['drill_median_onset_error_s']:.2f} s, "
+                     f"{row['drill_other_event_share']:.0%} at another event's onset, answers {drill_answers[:5]})")
+        if args.read_batch:
+            row["read_median_error_s"] = reads.median_error(proc, [c for c, _ in held_out])
+            line += f" (single-token reads {row['read_median_error_s']:.2f} s)"
         curve.append(row)
         print(f"{line}; answers {answers[:5]}", flush=True)
 
@@ -249,7 +336,8 @@ def main(argv=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     layers = model.llm.layers
-    losses, grounds, drill_losses = [], [], []
+    parts = args.batch + bool(args.drill_batch) + bool(args.read_batch)  # each part's loss weighs the same
+    losses, grounds, drill_losses, read_losses = [], [], [], []
     for step in range(1, args.steps + 1):
         warm = min(1.0, step / max(1, args.steps // 20))
         for g in opt.param_groups:  # warmup, then cosine to 10 %
@@ -269,14 +357,19 @@ def main(argv=None) -> dict:
                 if args.grounding_weight:
                     names = torch.stack(name_probe.losses).mean() if name_probe.losses else 0.0
                     loss = loss + args.grounding_weight * (ground + names)
-            (loss / (args.batch + bool(args.drill_batch))).backward()
+            (loss / parts).backward()
             step_loss += float(out.loss.detach()) / args.batch
         if args.drill_batch:
             ids, labels, embeds = drill_batch(model, rng.sample(train, args.drill_batch), args.drill_distractors, rng,
-                                              proc.tokenizer.encode if args.drill_shift else None)
+                                              proc.tokenizer.encode if args.drill_shift else None, args.drill_spans)
             out = model(input_ids=ids, audio_embeds=embeds, labels=labels)
-            (out.loss / (args.batch + 1)).backward()
+            (out.loss / parts).backward()
             drill_losses.append(float(out.loss.detach()))
+        if args.read_batch:
+            ids, labels, embeds = reads.batch(train, args.read_batch, rng)
+            out = model(input_ids=ids, audio_embeds=embeds, labels=labels)
+            (out.loss / parts).backward()
+            read_losses.append(float(out.loss.detach()))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(step_loss)
@@ -287,10 +380,17 @@ def main(argv=None) -> dict:
                          f"onset {statistics.mean(grounds[-25 * args.batch:]):.2f}")
             if args.drill_batch:
                 line += f" drill loss {statistics.mean(drill_losses[-25:]):.3f}"
+            if args.read_batch:
+                line += f" read loss {statistics.mean(read_losses[-25:]):.3f}"
             print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
-            evaluate(step, statistics.mean(losses[-25:]) if args.batch else statistics.mean(drill_losses[-25:]),
+            evaluate(step, statistics.mean((losses if args.batch else drill_losses or read_losses)[-25:]),
                      statistics.mean(grounds[-25 * args.batch:]) if args.batch else None)
+    if args.save:
+        model.save_pretrained(args.save)
+        for f in Path(args.model).iterdir():  # tokenizer, chat template, preprocessor: unchanged
+            if f.is_file() and f.name not in ("speedrun.json", "training.json") and not (args.save / f.name).exists():
+                shutil.copy(f, args.save / f.name)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "curve": curve}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,62 @@
+"""experiments/onset_readout.py's building blocks on the shipped nano model and a synthesised onset clip:
+single-token reads are asked exactly one token's time; span drills keep each event's whole span."""
+from __future__ import annotations
+
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from afnext.audio import TOKEN_SECONDS
+from afnext.data.families import FAMILIES, item_seed
+from afnext.data.tokenize import encode_sample
+from afnext.eval.synthetic import predicted_onset
+from afnext.model.afnext import IGNORE_INDEX, AFNext
+from afnext.processor import Processor
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "examples" / "nano-afnext"
+sys.path.insert(0, str(ROOT / "experiments"))
+onset_readout = pytest.importorskip("onset_readout")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = AFNext.from_pretrained(MODEL).float().eval()
+    proc = Processor.from_pretrained(MODEL)
+    item = FAMILIES["event_onset_short"].fn(item_seed(3, "test", "event_onset_short", 0), 0)
+    sample = encode_sample(proc, item.conversations, item.audios, onset_readout.CAPS)
+    clip = onset_readout.Clip(model, sample, events=item.extra["labels"]["events"])
+    return model, proc, clip
+
+
+def test_a_read_asks_one_token_its_time(setup):
+    model, proc, clip = setup
+    reads = onset_readout.Reads(model, proc)
+    ids, labels, embeds = reads.batch([clip], 6, random.Random(5))
+    picks = [reads.pick([clip], r)[1] for r in [random.Random(5)] for _ in range(6)]
+    assert embeds.shape == (6, model.config.llm.hidden_size)
+    for row, token in enumerate(picks):
+        assert int((ids[row] == model.config.audio_token_id).sum()) == 1
+        answer = labels[row][labels[row] != IGNORE_INDEX][:-1]  # the closing token left out
+        assert predicted_onset(proc.decode(answer.tolist())) == pytest.approx(round(token * TOKEN_SECONDS, 1))
+        with torch.no_grad():
+            expected = model.adapter(clip.placed(model)[token])
+        torch.testing.assert_close(embeds[row].detach(), expected)
+    err = reads.median_error(proc, [clip], n=3)
+    assert 0.0 <= err < 60.0
+
+
+def test_span_drills_keep_whole_events(setup):
+    model, proc, clip = setup
+    n_audio = lambda ids: int((ids == model.config.audio_token_id).sum())  # noqa: E731
+    onsets, _, _ = clip.drill(model, clip.events, 0, random.Random(0))
+    spans, _, _ = clip.drill(model, clip.events, 0, random.Random(0), spans=True)
+    whole = sum(math.ceil(e["offset_s"] / TOKEN_SECONDS - 1e-6) - math.floor(e["onset_s"] / TOKEN_SECONDS + 1e-6)
+                for e in clip.events)
+    assert len(clip.events) <= n_audio(onsets) <= 4 * len(clip.events)  # 120 ms from each onset: 3-4 tokens
+    assert n_audio(spans) == whole  # events do not overlap in these scenes
