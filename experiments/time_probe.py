@@ -1,0 +1,134 @@
+"""Does a trained nano AF-Next's adapter output say *when* each audio token is, and from which code?
+
+    .venv/bin/python experiments/time_probe.py [--model DIR] [--clips 240]
+
+Probes (linear, and a one-hidden-layer MLP) learn each audio token's start time as three digits (tens,
+units and tenths of seconds, the digits an onset answer is written with) from the adapter output of
+the `event_onset` training clips, and are scored on held-out clips (an 80/20 split by clip) as the
+median error of the time their digits spell. Then the held-out clips' encoder output is given RoTE at
+a random later time (the encoder's own Whisper position table still says the true in-window time), and
+the MLP probe's reading is compared with both times: close to the RoTE time means the time code the
+LLM sees is RoTE's. Needs the speedrun corpus (runs/speedrun/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from afnext.audio import TOKEN_SECONDS, load_audio
+from afnext.data.tokenize import StageCaps, encode_sample
+from afnext.model.afnext import AFNext
+from afnext.model.encoder import tokens_from_mel_frames
+from afnext.processor import Processor
+
+CAPS = StageCaps(max_audio_s=60.0, max_tokens=8192)
+TOKEN_MS = 40  # integer hop, for exact digits
+PLACES = (100, 10, 1)  # tenths of a second per digit: tens, units, tenths
+MAX_TOKENS = int(CAPS.max_audio_s / TOKEN_SECONDS)  # the shift keeps every token inside 60 s
+
+
+def digits(token_index: torch.Tensor) -> torch.Tensor:
+    tenths = token_index * TOKEN_MS // 100
+    return torch.stack([tenths // p % 10 for p in PLACES], dim=-1)
+
+
+def spelled_time(logits: torch.Tensor) -> torch.Tensor:
+    d = logits.view(-1, len(PLACES), 10).argmax(-1)
+    return d[:, 0] * 10.0 + d[:, 1] + d[:, 2] / 10.0
+
+
+class Timed:
+    def __init__(self, model: AFNext):
+        self.model, self.per_window = model, model.encoder.tokens_per_window
+
+    def encoder_tokens(self, proc: Processor, wave: np.ndarray) -> torch.Tensor:
+        """(tokens, C) encoder output of one clip, before RoTE."""
+        conv = [{"from": "human", "value": "<sound>\nx"}, {"from": "gpt", "value": "y"}]
+        sample = encode_sample(proc, conv, [wave], CAPS)
+        with torch.no_grad():
+            hidden = self.model.encoder(sample.input_features, sample.input_features_mask)
+        counts = tokens_from_mel_frames(sample.input_features_mask.sum(-1).long())
+        return torch.cat([hidden[j, : int(counts[j])] for j in range(hidden.shape[0])])
+
+    @torch.no_grad()
+    def adapted(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Adapter output of the tokens with RoTE as if the clip started ``offset`` tokens later."""
+        n = tokens.shape[0]
+        windows = math.ceil((n + offset) / self.per_window)
+        buf = tokens.new_zeros(windows * self.per_window, tokens.shape[-1])
+        buf[offset: offset + n] = tokens
+        if self.model.rote is not None:
+            buf = self.model.rote(buf.view(windows, self.per_window, -1), torch.arange(windows), self.per_window).flatten(0, 1)
+        return self.model.adapter(buf[offset: offset + n])
+
+
+def fit_probe(x: torch.Tensor, t: torch.Tensor, hidden: int, steps: int = 1500, batch: int = 4096):
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    net = (torch.nn.Linear(x.shape[1], 10 * len(PLACES)) if not hidden else
+           torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 10 * len(PLACES))))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    target = digits(t)
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch,))
+        loss = F.cross_entropy(net((x[idx] - mean) / std).view(-1, 10), target[idx].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lambda z: spelled_time(net((z - mean) / std))
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="examples/nano-afnext")
+    ap.add_argument("--data", default="runs/speedrun/data", type=Path)
+    ap.add_argument("--clips", type=int, default=240)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    model = AFNext.from_pretrained(args.model).float().eval()
+    proc = Processor.from_pretrained(args.model)
+    timed = Timed(model)
+    rows = [r for r in map(json.loads, (args.data / "train.jsonl").read_text().splitlines())
+            if r["family"] == "event_onset"][: args.clips]
+    t0 = time.perf_counter()
+    tokens = [timed.encoder_tokens(proc, load_audio(args.data / r["sound"])) for r in rows]
+    print(f"encoded {len(tokens)} clips, {sum(len(t) for t in tokens)} tokens ({time.perf_counter() - t0:.0f} s)")
+    split = int(len(tokens) * 0.8)
+    x = [timed.adapted(t) for t in tokens]
+    idx = [torch.arange(len(t)) for t in tokens]
+    x_train, t_train = torch.cat(x[:split]), torch.cat(idx[:split])
+    x_test, t_test = torch.cat(x[split:]), torch.cat(idx[split:])
+    report = {}
+    for name, hidden in (("linear", 0), ("mlp", 512)):
+        probe = fit_probe(x_train, t_train, hidden)
+        with torch.no_grad():
+            err = (probe(x_test) - t_test * TOKEN_SECONDS).abs()
+            vs_rote, vs_true = [], []
+            for t in tokens[split:]:
+                offset = rng.randint(1, max(1, MAX_TOKENS - len(t)))
+                read = probe(timed.adapted(t, offset))
+                times = torch.arange(len(t)) * TOKEN_SECONDS
+                vs_rote.append((read - times - offset * TOKEN_SECONDS).abs())
+                vs_true.append((read - times).abs())
+        report[name] = {"median_error_s": float(err.median()), "mean_error_s": float(err.mean()),
+                        "shifted_vs_rote_time_s": float(torch.cat(vs_rote).median()),
+                        "shifted_vs_true_time_s": float(torch.cat(vs_true).median())}
+        r = report[name]
+        print(f"{name} probe: held-out median error {r['median_error_s']:.2f} s (mean {r['mean_error_s']:.2f}); "
+              f"RoTE moved later: {r['shifted_vs_rote_time_s']:.2f} s from the RoTE time, "
+              f"{r['shifted_vs_true_time_s']:.2f} s from the true time", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
