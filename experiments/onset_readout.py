@@ -6,6 +6,9 @@
     .venv/bin/python experiments/onset_readout.py --batch 0 --read-batch 64 --save runs/readout/reads
     .venv/bin/python experiments/onset_readout.py --model runs/readout/reads --batch 0 --read-batch 32 \
         --drill-batch 32 --drill-shift --drill-spans --train-clips 1000 --steps 300
+    # finding without choosing: each drill keeps one event (and distractors from outside every event)
+    .venv/bin/python experiments/onset_readout.py --model runs/readout/reads --batch 0 --read-batch 16 \
+        --drill-batch 32 --drill-shift --drill-spans --drill-events 1 --train-clips 1000 --steps 200
 
 The speedrun's onset figure stays at chance while its transcription and multiple-choice figures are
 well past their targets. This experiment separates the two halves of an onset answer: *finding* the
@@ -21,8 +24,9 @@ supervised onto the asked event's onset tokens, and the layer before onto the qu
 Reads (``--read-batch``) hand the LLM one audio token of a clip, at its own time, and ask when the sound
 starts: reading without finding. Drills (``--drill-batch``) cut a clip down to its events' onset tokens
 (or, with ``--drill-spans``, their whole spans) plus a few others: finding among a few events, then
-reading. Held-out answers that land within 1 s of another event's onset are counted apart: that is a
-wrong pick, not a wrong reading.
+reading. ``--drill-events 1`` keeps only one event per drill: finding a lone event among noise
+tokens, with no choice between events to make. Held-out answers that land within 1 s of another
+event's onset are counted apart: that is a wrong pick, not a wrong reading.
 
 It prints the training loss (per answer token, the closing token included) and, every
 ``--eval-every`` steps, the median onset error on the held-out `event_onset` items of the corpus
@@ -104,21 +108,34 @@ class Clip:
         Each kept token keeps its own time code, so the answers stay the same. With ``shift`` the kept
         tokens are moved together by a random offset within the 60-s cap (RoTE applied at their new
         times) and the answers rewritten to match, so a clip's sounds no longer tell its answers. ``encode``
-        (the tokenizer's) turns this on; it needs a conversation that asks about ``events`` in order."""
+        (the tokenizer's) turns this on; it needs a conversation that asks about ``events`` in order. With
+        fewer ``events`` than the clip has (the first ones its conversation asks about), the conversation
+        is cut after their answers and no distractor falls inside any event."""
         slots = (self.input_ids == model.config.audio_token_id).nonzero().flatten()
         first, n = int(slots[0]), slots.numel()
-        keep = set()
-        for e in events:
-            length = e["offset_s"] - e["onset_s"] if spans else SPAN_S
-            span = grounding_span(self.input_ids, model.config.audio_token_id, e["onset_s"], length)
-            if span is not None:
-                keep.update(range(span[0] - first, span[1] - first))
-        others = [i for i in range(n) if i not in keep]
+        audio_id = model.config.audio_token_id
+
+        def tokens_of(evs, whole: bool) -> set[int]:
+            out = set()
+            for e in evs:
+                span = grounding_span(self.input_ids, audio_id, e["onset_s"], e["offset_s"] - e["onset_s"] if whole else SPAN_S)
+                if span is not None:
+                    out.update(range(span[0] - first, span[1] - first))
+            return out
+
+        keep = tokens_of(events, spans)
+        # with only some of the clip's events kept, distractors come from outside every event
+        busy = keep if len(events) >= len(self.events) else keep | tokens_of(self.events, True)
+        others = [i for i in range(n) if i not in busy]
         keep.update(rng.sample(others, min(distractors, len(others))))
         select = torch.tensor(sorted(keep))
-        ids = torch.cat([self.input_ids[:first], torch.full((len(select),), model.config.audio_token_id),
-                         self.input_ids[first + n:]])
-        labels = torch.cat([self.labels[:first], torch.full((len(select),), IGNORE_INDEX), self.labels[first + n:]])
+        input_ids, full_labels = self.input_ids, self.labels
+        runs = answer_runs(full_labels)
+        if len(runs) > len(events):  # a training conversation asks about every event: keep the first len(events) turns
+            end = runs[len(events) - 1][-1] + 1
+            input_ids, full_labels = input_ids[:end], full_labels[:end]
+        ids = torch.cat([input_ids[:first], torch.full((len(select),), audio_id), input_ids[first + n:]])
+        labels = torch.cat([full_labels[:first], torch.full((len(select),), IGNORE_INDEX), full_labels[first + n:]])
         if encode is None:
             return ids, labels, self.audio_embeds(model, select)
         per_window = model.encoder.tokens_per_window
@@ -232,9 +249,10 @@ class Reads:
 
 
 def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.Random, encode=None,
-                spans: bool = False):
-    """Right-padded (input_ids, labels) rows and the audio embeds of each clip's drill, in row order."""
-    rows = [c.drill(model, c.events, distractors, rng, encode, spans) for c in clips]
+                spans: bool = False, events: int = 0):
+    """Right-padded (input_ids, labels) rows and the audio embeds of each clip's drill, in row order;
+    ``events`` > 0 keeps (and asks about) only that many of each clip's events."""
+    rows = [c.drill(model, c.events[:events] if events else c.events, distractors, rng, encode, spans) for c in clips]
     width = max(len(ids) for ids, _, _ in rows)
     pad = lambda t, v: torch.cat([t, torch.full((width - len(t),), v, dtype=t.dtype)])  # noqa: E731
     ids = torch.stack([pad(i, 0) for i, _, _ in rows])  # padding sits after each row's last label: causal attention never sees it
@@ -244,7 +262,7 @@ def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.
 
 @torch.no_grad()
 def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]],
-                 drill: int | None = None, spans: bool = False) -> tuple[float, list[str], float]:
+                 drill: int | None = None, spans: bool = False, events: int = 0) -> tuple[float, list[str], float]:
     """Median onset error of greedy answers on the held-out clips, or (``drill`` = distractor count) on
     their drills, whose distractors are drawn the same way at every evaluation; and the share of answers
     that read another event's onset (within 1 s of it): a wrong pick rather than a wrong reading."""
@@ -254,7 +272,10 @@ def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]]
         if drill is None:
             ids, labels, embeds = clip.input_ids, clip.labels, clip.audio_embeds(model)
         else:
-            ids, labels, embeds = clip.drill(model, clip.events, drill, random.Random(k), spans=spans)
+            kept = clip.events
+            if events:  # the asked event first, then others of the clip
+                kept = sorted(clip.events, key=lambda e: abs(e["onset_s"] - truth) > 1e-6)[:events]
+            ids, labels, embeds = clip.drill(model, kept, drill, random.Random(k), spans=spans)
         prompt_end = int((labels != IGNORE_INDEX).nonzero()[0])
         ids, out_ids = ids[:prompt_end], []
         for _ in range(ANSWER_TOKENS):
@@ -286,6 +307,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--drill-distractors", type=int, default=8, help="tokens kept in a drill besides the onsets")
     ap.add_argument("--drill-spans", action="store_true",
                     help="keep each event's whole span (onset to offset) in a drill, not just its onset tokens")
+    ap.add_argument("--drill-events", type=int, default=0,
+                    help="keep and ask about only this many of each drill's events (0: all; 1: finding without choosing)")
     ap.add_argument("--drill-shift", action="store_true", help="move each drill's tokens to a random time (RoTE re-applied)")
     ap.add_argument("--read-batch", type=int, default=0,
                     help="single-token reads per optimizer step: one audio token, asked its time")
@@ -321,7 +344,7 @@ def main(argv=None) -> dict:
         row["other_event_share"] = other
         line = f"step {step}: held-out median onset error {err:.2f} s ({other:.0%} at another event's onset)"
         if args.drill_batch:
-            row["drill_median_onset_error_s"], drill_answers, row["drill_other_event_share"] = median_error(model, proc, held_out, args.drill_distractors, args.drill_spans)
+            row["drill_median_onset_error_s"], drill_answers, row["drill_other_event_share"] = median_error(model, proc, held_out, args.drill_distractors, args.drill_spans, args.drill_events)
             line += (f" (on their drills {row['drill_median_onset_error_s']:.2f} s, "
                      f"{row['drill_other_event_share']:.0%} at another event's onset, answers {drill_answers[:5]})")
         if args.read_batch:
@@ -361,7 +384,8 @@ def main(argv=None) -> dict:
             step_loss += float(out.loss.detach()) / args.batch
         if args.drill_batch:
             ids, labels, embeds = drill_batch(model, rng.sample(train, args.drill_batch), args.drill_distractors, rng,
-                                              proc.tokenizer.encode if args.drill_shift else None, args.drill_spans)
+                                              proc.tokenizer.encode if args.drill_shift else None, args.drill_spans,
+                                              args.drill_events)
             out = model(input_ids=ids, audio_embeds=embeds, labels=labels)
             (out.loss / parts).backward()
             drill_losses.append(float(out.loss.detach()))

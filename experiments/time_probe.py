@@ -1,6 +1,6 @@
 """Does a trained nano AF-Next's adapter output say *when* each audio token is, and from which code?
 
-    .venv/bin/python experiments/time_probe.py [--model DIR] [--clips 240]
+    .venv/bin/python experiments/time_probe.py [--model DIR] [--clips 240] [--probes time,class]
 
 Probes (linear, and a one-hidden-layer MLP) learn each audio token's start time as three digits (tens,
 units and tenths of seconds, the digits an onset answer is written with) from the adapter output of
@@ -8,7 +8,10 @@ the `event_onset` training clips, and are scored on held-out clips (an 80/20 spl
 median error of the time their digits spell. Then the held-out clips' encoder output is given RoTE at
 a random later time (the encoder's own Whisper position table still says the true in-window time), and
 the MLP probe's reading is compared with both times: close to the RoTE time means the time code the
-LLM sees is RoTE's. Needs the speedrun corpus (runs/speedrun/data).
+LLM sees is RoTE's. Then the same probes learn *what* each token carries: the class of the event it
+lies in (one of the eight event classes, or none), scored on the held-out clips' tokens overall, inside
+events, and on each event's first three tokens (its onset, which an onset answer must find). Needs the
+speedrun corpus (runs/speedrun/data).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from afnext.audio import TOKEN_SECONDS, load_audio
+from afnext.data.families.sound import EVENT_LABELS
 from afnext.data.tokenize import StageCaps, encode_sample
 from afnext.model.afnext import AFNext
 from afnext.model.encoder import tokens_from_mel_frames
@@ -34,6 +38,7 @@ CAPS = StageCaps(max_audio_s=60.0, max_tokens=8192)
 TOKEN_MS = 40  # integer hop, for exact digits
 PLACES = (100, 10, 1)  # tenths of a second per digit: tens, units, tenths
 MAX_TOKENS = int(CAPS.max_audio_s / TOKEN_SECONDS)  # the shift keeps every token inside 60 s
+NONE = len(EVENT_LABELS)  # class index of a token outside every event
 
 
 def digits(token_index: torch.Tensor) -> torch.Tensor:
@@ -71,10 +76,47 @@ class Timed:
         return self.model.adapter(buf[offset: offset + n])
 
 
+def token_classes(row: dict, n: int) -> torch.Tensor:
+    """(n,) each token's event class index (0..7, EVENT_LABELS order), or NONE outside every event."""
+    out = torch.full((n,), NONE)
+    for e in row["labels"]["events"]:
+        lo, hi = round(e["onset_s"] / TOKEN_SECONDS), round(e["offset_s"] / TOKEN_SECONDS)
+        out[lo:min(hi, n)] = EVENT_LABELS.index(e["label"])
+    return out
+
+
+def onset_mask(row: dict, n: int, first: int = 3) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    for e in row["labels"]["events"]:
+        lo = round(e["onset_s"] / TOKEN_SECONDS)
+        mask[lo:min(lo + first, n)] = True
+    return mask
+
+
+def net_for(width: int, out: int, hidden: int) -> torch.nn.Module:
+    return (torch.nn.Linear(width, out) if not hidden else
+            torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, out)))
+
+
+def fit_class_probe(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int = 1500, batch: int = 4096):
+    """A class probe trained with classes balanced (events are a small share of the tokens)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    net = net_for(x.shape[1], NONE + 1, hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    counts = torch.bincount(y, minlength=NONE + 1).float().clamp(min=1)
+    weight = counts.sum() / counts / (NONE + 1)
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch,))
+        loss = F.cross_entropy(net((x[idx] - mean) / std), y[idx], weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lambda z: net((z - mean) / std).argmax(-1)
+
+
 def fit_probe(x: torch.Tensor, t: torch.Tensor, hidden: int, steps: int = 1500, batch: int = 4096):
     mean, std = x.mean(0), x.std(0) + 1e-6
-    net = (torch.nn.Linear(x.shape[1], 10 * len(PLACES)) if not hidden else
-           torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 10 * len(PLACES))))
+    net = net_for(x.shape[1], 10 * len(PLACES), hidden)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     target = digits(t)
     for _ in range(steps):
@@ -92,6 +134,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", default="runs/speedrun/data", type=Path)
     ap.add_argument("--clips", type=int, default=240)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--probes", default="time,class", help="which probes to run: time, class or both")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -109,7 +152,7 @@ def main(argv=None) -> dict:
     x_train, t_train = torch.cat(x[:split]), torch.cat(idx[:split])
     x_test, t_test = torch.cat(x[split:]), torch.cat(idx[split:])
     report = {}
-    for name, hidden in (("linear", 0), ("mlp", 512)):
+    for name, hidden in (("linear", 0), ("mlp", 512)) if "time" in args.probes else ():
         probe = fit_probe(x_train, t_train, hidden)
         with torch.no_grad():
             err = (probe(x_test) - t_test * TOKEN_SECONDS).abs()
@@ -127,6 +170,20 @@ def main(argv=None) -> dict:
         print(f"{name} probe: held-out median error {r['median_error_s']:.2f} s (mean {r['mean_error_s']:.2f}); "
               f"RoTE moved later: {r['shifted_vs_rote_time_s']:.2f} s from the RoTE time, "
               f"{r['shifted_vs_true_time_s']:.2f} s from the true time", flush=True)
+    y = [token_classes(r, len(t)) for r, t in zip(rows, tokens)]
+    y_train, y_test = torch.cat(y[:split]), torch.cat(y[split:])
+    at_onset = torch.cat([onset_mask(r, len(t)) for r, t in zip(rows[split:], tokens[split:])])
+    inside = y_test != NONE
+    for name, hidden in (("linear", 0), ("mlp", 512)) if "class" in args.probes else ():
+        probe = fit_class_probe(x_train, y_train, hidden)
+        with torch.no_grad():
+            hit = (probe(x_test) == y_test).float()
+        r = report.get(name, {}) | {"class_accuracy": float(hit.mean()), "class_accuracy_in_events": float(hit[inside].mean()),
+                            "class_accuracy_at_onsets": float(hit[at_onset].mean())}
+        report[name] = r
+        print(f"{name} class probe ({NONE} classes + none, held-out tokens): {r['class_accuracy']:.1%} overall, "
+              f"{r['class_accuracy_in_events']:.1%} inside events, {r['class_accuracy_at_onsets']:.1%} on each "
+              f"event's first 3 tokens (chance 1/{NONE + 1})", flush=True)
     return report
 
 

@@ -60,3 +60,32 @@ def test_span_drills_keep_whole_events(setup):
                 for e in clip.events)
     assert len(clip.events) <= n_audio(onsets) <= 4 * len(clip.events)  # 120 ms from each onset: 3-4 tokens
     assert n_audio(spans) == whole  # events do not overlap in these scenes
+
+
+def test_a_one_event_drill_asks_one_event_among_noise(setup):
+    model, proc, _ = setup
+    item = FAMILIES["event_onset_short"].fn(item_seed(3, "test", "event_onset_short", 0), 0)
+    events = item.extra["labels"]["events"][::-1]  # asked in an order that is not time order
+    conv = []
+    for k, e in enumerate(events):
+        conv += [{"from": "human", "value": ("<sound>\n" if k == 0 else "") + f"When does the {onset_readout.NOUN[e['label']]} start?"},
+                 {"from": "gpt", "value": f"{e['onset_s']:.1f}s"}]
+    sample = encode_sample(proc, conv, item.audios, onset_readout.CAPS)
+    clip = onset_readout.Clip(model, sample, events=events)
+    assert len(clip.events) >= 2  # otherwise the test could not tell kept events from dropped ones
+    asked = clip.events[0]
+    ids, labels, embeds = clip.drill(model, [asked], 12, random.Random(1))
+    runs = onset_readout.answer_runs(labels)
+    assert len(runs) == 1  # the conversation ends after the asked event's answer
+    answer = labels[runs[0]][:-1]
+    assert predicted_onset(proc.decode(answer.tolist())) == pytest.approx(asked["onset_s"], abs=0.05)
+    # find each kept token in the whole clip by its embedding
+    with torch.no_grad():
+        full = clip.audio_embeds(model)
+    kept = [int((full - row).abs().sum(-1).argmin()) for row in embeds.detach()]
+    inside = lambda t, e: e["onset_s"] - 1e-6 <= t * TOKEN_SECONDS < e["offset_s"]  # noqa: E731
+    onset_tokens = [t for t in kept if abs(t * TOKEN_SECONDS - asked["onset_s"]) < onset_readout.SPAN_S + TOKEN_SECONDS]
+    assert onset_tokens, "the asked event's onset tokens are kept"
+    others = [t for t in kept if t not in onset_tokens]
+    assert len(others) == 12
+    assert not any(inside(t, e) for t in others for e in clip.events)  # no distractor inside any event
