@@ -20,6 +20,10 @@ its 2-5 events in one multi-turn conversation, 2-5 answers for one clip's audio.
 ``--grounding-weight`` the answer positions' attention (head 0 of LLM layer ``--grounding-layer``) is
 supervised onto the asked event's onset tokens, and the layer before onto the question's name for it
 (``afnext.train.grounding``), so finding is taken care of and only reading remains.
+``--grounding-heads all`` supervises every head of that layer, and ``--ground-also 2`` the same heads
+of a later layer too. ``--word-grounding`` moves the look-up to the question: the event word's last
+token is taught to look at the onset (layer L - 1, where the word's own embedding is the query) and
+the answer to look at that word (layer L).
 
 Reads (``--read-batch``) hand the LLM one audio token of a clip, at its own time, and ask when the sound
 starts: reading without finding. Drills (``--drill-batch``) cut a clip down to its events' onset tokens
@@ -37,6 +41,7 @@ corpus (`make speedrun` writes it to runs/speedrun/data).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -45,7 +50,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from afnext.audio import TOKEN_SECONDS, load_audio
@@ -56,6 +60,7 @@ from afnext.model.afnext import IGNORE_INDEX, AFNext
 from afnext.model.encoder import tokens_from_mel_frames
 from afnext.model.rote import window_index_per_row
 from afnext.processor import Processor
+from afnext.train.reads import TimeReads
 from afnext.train.grounding import SPAN_S, GroundingProbe, grounding_span, probe_attention, word_span
 
 CAPS = StageCaps(max_audio_s=60.0, max_tokens=8192)
@@ -65,6 +70,14 @@ ANSWER_TOKENS = 8  # greedy tokens per held-out answer: "12.4s" is 5
 def read_rows(manifest: Path, family: str) -> list[dict]:
     with open(manifest, encoding="utf-8") as fh:
         return [r for r in map(json.loads, filter(str.strip, fh)) if r["family"] == family]
+
+
+def greedy_next(model: AFNext, ids: torch.Tensor, embeds: torch.Tensor) -> int:
+    """The most likely next token, never the audio placeholder (an untrained LLM may rank it first, and
+    a placeholder without audio behind it cannot be fed back)."""
+    logits = model(input_ids=ids[None], audio_embeds=embeds, logits_to_keep=1).logits[0, -1]
+    logits[model.config.audio_token_id] = float("-inf")
+    return int(logits.argmax())
 
 
 def answer_runs(labels: torch.Tensor) -> list[list[int]]:
@@ -179,7 +192,7 @@ def training_clip(model: AFNext, proc: Processor, row: dict, root: Path, rng: ra
         conv += [{"from": "human", "value": ("<sound>\n" if k == 0 else "") + question},
                  {"from": "gpt", "value": f"{e['onset_s']:.1f}s"}]
     sample = encode_sample(proc, conv, [load_audio(root / row["sound"])], CAPS)
-    targets, names = [], []
+    targets, names, words = [], [], []
     for run, e in zip(answer_runs(sample.labels), events):
         queries = torch.tensor(run[:-1]) - 1  # the logit at p - 1 predicts answer token p (closing token left out)
         span = grounding_span(sample.input_ids, model.config.audio_token_id, e["onset_s"])
@@ -188,7 +201,11 @@ def training_clip(model: AFNext, proc: Processor, row: dict, root: Path, rng: ra
             targets.append((queries, span[0], span[1], 0))
         if name is not None:
             names.append((queries, name[0], name[1], 0))
-    return Clip(model, sample, targets, names, events)
+        if name is not None and span is not None:  # the event word's last token looks at the onset
+            words.append((torch.tensor([name[1] - 1]), span[0], span[1], 0))
+    clip = Clip(model, sample, targets, names, events)
+    clip.word_targets = words
+    return clip
 
 
 class Reads:
@@ -196,18 +213,10 @@ class Reads:
     sound start?" answered with that token's start time. The LLM sees nothing else, so a read tests (and
     trains) reading a time out of the RoTE-coded token alone, with no finding involved."""
 
-    QUESTION = "When does the sound start?"
-
     def __init__(self, model: AFNext, proc: Processor):
-        # the chat template around a one-token audio (40 ms = 640 samples at 16 kHz -> one token)
-        sample = encode_sample(proc, [{"from": "human", "value": "<sound>\n" + self.QUESTION},
-                                      {"from": "gpt", "value": "0.0s"}], [np.zeros(640, np.float32)], CAPS)
-        if int((sample.input_ids == model.config.audio_token_id).sum()) != 1:
-            raise ValueError("a 40-ms audio did not give exactly one audio token")
-        start = int((sample.labels != IGNORE_INDEX).nonzero()[0])
-        self.prefix = sample.input_ids[:start]
-        self.close = sample.input_ids[start + len(proc.tokenizer.encode("0.0s")):]
-        self.model, self.encode = model, proc.tokenizer.encode
+        self.rows = TimeReads(proc, model.config.audio_token_id)  # the trainer's read samples (optim.read_batch)
+        self.prefix = self.rows.prefix
+        self.model = model
 
     def pick(self, clips: list[Clip], rng: random.Random) -> tuple[Clip, int]:
         clip = rng.choice(clips)
@@ -215,17 +224,9 @@ class Reads:
 
     def batch(self, clips: list[Clip], n: int, rng: random.Random):
         """Right-padded (input_ids, labels) of n reads and their audio embeds."""
-        rows, feats = [], []
-        for _ in range(n):
-            clip, token = self.pick(clips, rng)
-            answer = torch.tensor(self.encode(f"{token * TOKEN_SECONDS:.1f}s"))
-            rows.append((torch.cat([self.prefix, answer, self.close]),
-                         torch.cat([torch.full_like(self.prefix, IGNORE_INDEX), answer, self.close])))
-            feats.append(clip.placed(self.model)[token])
-        width = max(len(ids) for ids, _ in rows)
-        pad = lambda t, v: torch.cat([t, torch.full((width - len(t),), v, dtype=t.dtype)])  # noqa: E731
-        return (torch.stack([pad(i, 0) for i, _ in rows]), torch.stack([pad(lab, IGNORE_INDEX) for _, lab in rows]),
-                self.model.adapter(torch.stack(feats)))
+        picks = [self.pick(clips, rng) for _ in range(n)]
+        ids, labels = self.rows.batch([token * TOKEN_SECONDS for _, token in picks])
+        return ids, labels, self.model.adapter(torch.stack([clip.placed(self.model)[token] for clip, token in picks]))
 
     @torch.no_grad()
     def median_error(self, proc: Processor, clips: list[Clip], n: int = 200) -> float:
@@ -237,7 +238,7 @@ class Reads:
             ids, out_ids = self.prefix, []
             embeds = self.model.adapter(clip.placed(self.model)[token][None])
             for _ in range(ANSWER_TOKENS):
-                nxt = int(self.model(input_ids=ids[None], audio_embeds=embeds, logits_to_keep=1).logits[0, -1].argmax())
+                nxt = greedy_next(self.model, ids, embeds)
                 if nxt == proc.tokenizer.eos_token_id:
                     break
                 out_ids.append(nxt)
@@ -279,7 +280,7 @@ def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]]
         prompt_end = int((labels != IGNORE_INDEX).nonzero()[0])
         ids, out_ids = ids[:prompt_end], []
         for _ in range(ANSWER_TOKENS):
-            nxt = int(model(input_ids=ids[None], audio_embeds=embeds, logits_to_keep=1).logits[0, -1].argmax())
+            nxt = greedy_next(model, ids, embeds)
             if nxt == proc.tokenizer.eos_token_id:
                 break
             out_ids.append(nxt)
@@ -315,6 +316,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--grounding-weight", type=float, default=0.0)
     ap.add_argument("--grounding-layer", type=int, default=1)
+    ap.add_argument("--word-grounding", action="store_true",
+                    help="teach the question's event word to look at the onset (layer L - 1) and the answer to look "
+                         "at that word (layer L): the time then sits at a text position, one look-up from the answer")
+    ap.add_argument("--ground-also", type=int, nargs="*", default=[],
+                    help="later layers whose --grounding-heads are taught to look at the onset too")
+    ap.add_argument("--grounding-heads", default="0",
+                    help="heads of --grounding-layer taught to look at the onset: comma-separated, or 'all'")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write the curve here")
@@ -359,6 +367,8 @@ def main(argv=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     layers = model.llm.layers
+    n_heads = layers[args.grounding_layer].self_attn.heads
+    onset_heads = list(range(n_heads)) if args.grounding_heads == "all" else [int(h) for h in args.grounding_heads.split(",")]
     parts = args.batch + bool(args.drill_batch) + bool(args.read_batch)  # each part's loss weighs the same
     losses, grounds, drill_losses, read_losses = [], [], [], []
     for step in range(1, args.steps + 1):
@@ -369,11 +379,22 @@ def main(argv=None) -> dict:
         step_loss = 0.0
         for _ in range(args.batch):
             clip = rng.choice(train)
-            onset_probe, name_probe = GroundingProbe([0], clip.targets), GroundingProbe([0], clip.name_targets)
-            with probe_attention(layers[args.grounding_layer].self_attn, onset_probe), \
-                    probe_attention(layers[args.grounding_layer - 1].self_attn, name_probe):
+            if args.word_grounding:  # the event word finds the onset (layer L - 1), the answer finds the word (layer L)
+                onset_probe = GroundingProbe(onset_heads, clip.name_targets)
+                name_probe = GroundingProbe(onset_heads, clip.word_targets)
+            else:
+                onset_probe, name_probe = GroundingProbe(onset_heads, clip.targets), GroundingProbe([0], clip.name_targets)
+            later = [GroundingProbe(onset_heads, clip.targets) for _ in args.ground_also]
+            with contextlib.ExitStack() as hooks:
+                hooks.enter_context(probe_attention(layers[args.grounding_layer].self_attn, onset_probe))
+                hooks.enter_context(probe_attention(layers[args.grounding_layer - 1].self_attn, name_probe))
+                for layer, probe in zip(args.ground_also, later):
+                    hooks.enter_context(probe_attention(layers[layer].self_attn, probe))
                 out = model(input_ids=clip.input_ids[None], audio_embeds=clip.audio_embeds(model), labels=clip.labels[None])
             loss = out.loss
+            for probe in later:
+                if probe.losses and args.grounding_weight:
+                    loss = loss + args.grounding_weight * torch.stack(probe.losses).mean()
             if onset_probe.losses:
                 ground = torch.stack(onset_probe.losses).mean()
                 grounds.append(float(ground.detach()))

@@ -135,6 +135,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--clips", type=int, default=240)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probes", default="time,class", help="which probes to run: time, class or both")
+    ap.add_argument("--class-features", default="adapter", choices=("adapter", "encoder"),
+                    help="what the class probes read: the adapter output (what the LLM sees) or the encoder output before RoTE")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -172,6 +174,8 @@ def main(argv=None) -> dict:
               f"{r['shifted_vs_true_time_s']:.2f} s from the true time", flush=True)
     y = [token_classes(r, len(t)) for r, t in zip(rows, tokens)]
     y_train, y_test = torch.cat(y[:split]), torch.cat(y[split:])
+    if args.class_features == "encoder":
+        x_train, x_test = torch.cat(tokens[:split]), torch.cat(tokens[split:])
     at_onset = torch.cat([onset_mask(r, len(t)) for r, t in zip(rows[split:], tokens[split:])])
     inside = y_test != NONE
     for name, hidden in (("linear", 0), ("mlp", 512)) if "class" in args.probes else ():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from afnext.train.config import TrainConfig, TrainConfigError
 from afnext.train.encoder_pretrain import (EncoderHeads, clip_tags, ctc_target, frame_tags, pair_target, time_digits,
@@ -112,3 +115,16 @@ def test_length_groups_keep_short_windows_away_from_full_ones():
     assert [g.tolist() for g in groups] == [[0, 3, 7], [5], [4], [2, 1, 6]]
     assert sorted(i for g in groups for i in g.tolist()) == list(range(8))  # every window exactly once
     assert [g.tolist() for g in length_groups(torch.tensor([5, 5, 5]), 0)] == [[0], [1], [2]]
+
+
+def test_event_classes_mark_each_events_tokens_and_weigh_events_as_much_as_the_rest():
+    from afnext.train.encoder_pretrain import event_class_loss, event_classes
+
+    times = torch.arange(10) * 0.04
+    cls = event_classes([{"label": "bell", "onset_s": 0.05, "offset_s": 0.12}, {"label": "beep", "onset_s": 0.30, "offset_s": 0.5}],
+                        times, {"beep": 0, "bell": 1})
+    assert cls.tolist() == [2, 1, 1, 2, 2, 2, 2, 0, 0, 0]  # token 1 (0.04-0.08 s) overlaps the bell from 0.05 s
+    logits = torch.zeros(10, 3)
+    logits[cls == 2, 2] = 10.0  # every "none" token right, every event token at chance
+    # the event half alone carries the loss: 0.5 x log 3, however few the event tokens are
+    assert float(event_class_loss(logits, cls)) == pytest.approx(0.5 * math.log(3), abs=1e-3)

@@ -98,6 +98,10 @@ class OptimConfig:
     grounding_layer: int = 1  # LLM layer whose attention is supervised
     grounding_heads: list[int] = field(default_factory=lambda: [0])  # query heads of that layer (and of grounding_label_layer)
     grounding_label_layer: int = -1  # an earlier layer taught to look at the question's event name; -1: off
+    # Time reads (afnext.train.reads): audio tokens per micro-batch asked their own start time, each
+    # alone; their mean answer NLL is added to each step's loss times read_weight. 0 turns them off.
+    read_batch: int = 0
+    read_weight: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -208,6 +212,13 @@ class TrainConfig:
                                    f"(sp_ulysses x sp_ring > 1)")
         if o.grounding_weight and self.system.activation_checkpointing:
             raise TrainConfigError(f"{source}: optim.grounding_weight is not supported with system.activation_checkpointing")
+        if o.read_batch < 0:
+            raise TrainConfigError(f"{source}: optim.read_batch must be >= 0, got {o.read_batch!r}")
+        if not (math.isfinite(o.read_weight) and o.read_weight >= 0):
+            raise TrainConfigError(f"{source}: optim.read_weight must be a finite number >= 0, got {o.read_weight!r}")
+        if o.read_batch and self.system.sp_ulysses * self.system.sp_ring > 1:
+            raise TrainConfigError(f"{source}: optim.read_batch is not supported with sequence parallelism "
+                                   f"(sp_ulysses x sp_ring > 1)")
         if self.run.objective not in ("lm", "encoder"):
             raise TrainConfigError(f"{source}: run.objective must be 'lm' or 'encoder', got {self.run.objective!r}")
         if not self.data.registry:

@@ -50,6 +50,7 @@ from afnext.train.config import TrainConfig
 from afnext.train.grounding import GroundingProbe, asked_name, grounding_span, onset_of, probe_attention, word_span
 from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
 from afnext.train.metrics import MetricsLogger
+from afnext.train.reads import TimeReads
 from afnext.train.prefix_sharing import BACKEND as PREFIX_BACKEND, shared_prefix_length
 
 PAD_MULTIPLE = 64  # packed micro-batches are trimmed to their content, rounded up to this many tokens
@@ -191,6 +192,11 @@ class Trainer:
                                  f"optim.grounding_layer={cfg.optim.grounding_layer}")
             self._label_attn = self._grounding_attention(cfg.optim.grounding_label_layer)
         self._ground_acc = [0.0, 0]  # this step's grounding loss sum and grounded-sample count
+        if cfg.optim.read_batch and self.world > 1:
+            raise TrainError("optim.read_batch is single-process only for now: its second forward under FSDP is untested")
+        self._reads = TimeReads(self.processor, self.model.config.audio_token_id) if cfg.optim.read_batch else None
+        self._read_acc = [0.0, 0]  # this step's read loss sum and micro-batch count
+        self._n_micro, self._micro_index = 1, 0
 
         # Sequence parallelism: each SP group (ulysses x ring ranks) shares one data-parallel slot and
         # processes the same micro-batches, each rank a shard of the sequence (afnext.parallel.sequence).
@@ -352,6 +358,13 @@ class Trainer:
                     if i == 0:  # the onset look-up is what the metric reports
                         self._ground_acc[0] += float(ground.detach().sum())
                         self._ground_acc[1] += ground.numel()
+            if self._reads is not None and "input_features" in batch:
+                gen = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.step * 1009 + self._micro_index)
+                read = self._reads.loss(self.model, ids, out.audio_embeds, self.cfg.optim.read_batch, gen)
+                if read is not None:
+                    loss = loss + self.cfg.optim.read_weight * read / self._n_micro
+                    self._read_acc[0] += float(read.detach())
+                    self._read_acc[1] += 1
             if "input_features" not in batch:
                 loss = loss + self._ghost_encoder()
         loss.backward()
@@ -427,7 +440,8 @@ class Trainer:
         nll_sum = 0.0
         self._family_nll: dict[str, list] = {}
         self._ground_acc = [0.0, 0]
-        for batch in batches:
+        self._read_acc, self._n_micro = [0.0, 0], n_micro
+        for self._micro_index, batch in enumerate(batches):
             nll, _ = self._micro_step(batch, max(denom, 1.0))
             nll_sum += nll
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -463,6 +477,8 @@ class Trainer:
         if self._ground_attn is not None:  # mean -log attention mass on the onset, over grounded samples
             g = self._all_reduce(torch.tensor(self._ground_acc, dtype=torch.float64))
             record["loss_ground"] = float(g[0] / g[1]) if g[1] else None
+        if self._reads is not None:  # mean answer NLL of the time reads, per labelled token
+            record["loss_read"] = self._read_acc[0] / self._read_acc[1] if self._read_acc[1] else None
         return record
 
     # ---- the run ---------------------------------------------------------------------------------
