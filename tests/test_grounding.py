@@ -165,3 +165,58 @@ def test_grounding_options_are_validated(tmp_path, tiny_dirs):
         Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_layer=2"]), progress=False)
     with pytest.raises(TrainError, match=r"optim.grounding_heads=\[0, 9\]: the LLM has heads 0..\d"):
         Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_heads=[0, 9]"]), progress=False)
+
+
+def test_word_grounding_sends_the_event_word_to_the_onset_and_the_answer_to_the_word(tmp_path, tiny_dirs):
+    from afnext.train.config import TrainConfig, TrainConfigError
+    from afnext.train.loop import Trainer
+
+    registry = th.make_corpus(tmp_path / "data")
+    manifest = tmp_path / "data" / "train.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows:
+        if "sound" in r:
+            r.update(task="event_onset", labels={"onset_s": 0.5, "target": "siren"})
+            r["conversations"][0]["value"] = "<sound>\nWhen does the siren start?"
+            r["conversations"][1]["value"] = "0.5s"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = th.write_config(tmp_path / "w.toml", registry=registry, processor=tiny_dirs["afnext"],
+                          out_dir=tmp_path / "run", max_steps=1)
+    with pytest.raises(TrainConfigError, match="optim.grounding_mode = 'word' needs optim.grounding_label_layer >= 0"):
+        TrainConfig.load(cfg, ["optim.grounding_weight=1.0", 'optim.grounding_mode="word"'])
+    with pytest.raises(TrainConfigError, match="optim.grounding_mode must be 'answer' or 'word', got 'noun'"):
+        TrainConfig.load(cfg, ['optim.grounding_mode="noun"'])
+    trainer = Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_layer=1",
+                                             "optim.grounding_label_layer=0", 'optim.grounding_mode="word"',
+                                             'optim.loss_norm="sample"']), progress=False)
+    samples = [s for s in trainer._next_samples(8) if s.ground is not None]
+    assert samples and all(s.ground_label is not None for s in samples)
+    word = trainer.processor.tokenizer.encode(" siren")
+    for s in samples:
+        assert s.input_ids[s.ground_label[0]: s.ground_label[1]].tolist() == word
+    batch = trainer._micro_batches(samples[:1])[0]
+    ids = batch["input_ids"]
+    target = batch["labels"][:, 1:].reshape(-1)
+    flat = torch.nonzero(target != -100).squeeze(1)
+    probes = trainer._word_probes(batch, flat, trainer._segments(batch, flat, ids.shape[1]))
+    (layer0, to_onset), (layer1, to_word) = probes
+    assert layer0 is trainer.model.llm.layers[0].self_attn and layer1 is trainer.model.llm.layers[1].self_attn
+    s = samples[0]
+    (q, lo, hi, start), = to_onset.targets
+    assert q.tolist() == [s.ground_label[1] - 1] and (lo, hi, start) == (s.ground[0], s.ground[1], 0)
+    (q, lo, hi, _), = to_word.targets
+    assert (lo, hi) == s.ground_label and int(q.min()) > s.ground_label[1]  # answer positions, after the word
+
+    trainer.model.zero_grad(set_to_none=True)
+    trainer._micro_step(batch, 1.0)
+    with_ground = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.cfg.optim.grounding_weight = 0.0
+    trainer._micro_step(batch, 1.0)
+    without = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    diff = {n: (with_ground[n] - without[n]).abs().max().item() for n in without}
+    assert diff["llm.layers.0.self_attn.q_proj.weight"] > 1e-6  # the word's look at the onset
+    assert diff["llm.layers.1.self_attn.q_proj.weight"] > 1e-6  # the answer's look at the word
+    trainer.cfg.optim.grounding_weight = 1.0
+    record = trainer.train_step()
+    assert record["loss_ground"] is not None and 0 < record["loss_ground"] < 50

@@ -98,6 +98,10 @@ class OptimConfig:
     grounding_layer: int = 1  # LLM layer whose attention is supervised
     grounding_heads: list[int] = field(default_factory=lambda: [0])  # query heads of that layer (and of grounding_label_layer)
     grounding_label_layer: int = -1  # an earlier layer taught to look at the question's event name; -1: off
+    # "answer": the answer looks at the onset (grounding_layer) and at the event name (grounding_label_layer).
+    # "word": the event name's last token looks at the onset (grounding_label_layer, where the word's own
+    # embedding is the query) and the answer looks at that word (grounding_layer); see afnext.train.grounding.
+    grounding_mode: str = "answer"
     # Time reads (afnext.train.reads): audio tokens per micro-batch asked their own start time, each
     # alone; their mean answer NLL is added to each step's loss times read_weight. 0 turns them off.
     read_batch: int = 0
@@ -212,6 +216,11 @@ class TrainConfig:
                                    f"(sp_ulysses x sp_ring > 1)")
         if o.grounding_weight and self.system.activation_checkpointing:
             raise TrainConfigError(f"{source}: optim.grounding_weight is not supported with system.activation_checkpointing")
+        if o.grounding_mode not in ("answer", "word"):
+            raise TrainConfigError(f"{source}: optim.grounding_mode must be 'answer' or 'word', got {o.grounding_mode!r}")
+        if o.grounding_weight and o.grounding_mode == "word" and o.grounding_label_layer < 0:
+            raise TrainConfigError(f"{source}: optim.grounding_mode = 'word' needs optim.grounding_label_layer >= 0 "
+                                   f"(the layer where the event word looks at the onset)")
         if o.read_batch < 0:
             raise TrainConfigError(f"{source}: optim.read_batch must be >= 0, got {o.read_batch!r}")
         if not (math.isfinite(o.read_weight) and o.read_weight >= 0):

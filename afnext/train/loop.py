@@ -290,6 +290,23 @@ class Trainer:
             targets.append((queries, span[0] + starts[i], span[1] + starts[i], starts[i]))
         return GroundingProbe(self.cfg.optim.grounding_heads, targets) if targets else None
 
+    def _word_probes(self, batch: dict, flat: torch.Tensor, seg: torch.Tensor) -> list:
+        """Word grounding: each grounded sample's event word (its last token) looks at the onset tokens in
+        the label layer, and its answer positions look at that word in the grounding layer."""
+        starts = batch["cu_seqlens"].tolist()
+        to_onset, to_word = [], []
+        for i, (onset, word) in enumerate(zip(batch.get("ground") or [], batch.get("ground_label") or [])):
+            queries = flat[seg.to(flat.device) == i]
+            if onset is None or word is None or queries.numel() == 0:
+                continue
+            s = starts[i]
+            to_onset.append((torch.tensor([word[1] - 1 + s], device=flat.device), onset[0] + s, onset[1] + s, s))
+            to_word.append((queries, word[0] + s, word[1] + s, s))
+        if not to_onset:
+            return []
+        heads = self.cfg.optim.grounding_heads
+        return [(self._label_attn, GroundingProbe(heads, to_onset)), (self._ground_attn, GroundingProbe(heads, to_word))]
+
     def _micro_batches(self, samples: list[TrainSample]) -> list[dict]:
         bins = best_fit_pack([len(s) for s in samples], self.cfg.data.token_budget) if samples else []
         batches = []
@@ -328,8 +345,10 @@ class Trainer:
         row = ids.shape[1]
         logits_index = (flat // (row - 1)) * row + flat % (row - 1)
         seg = self._segments(batch, flat, row)  # the packed sample of each labelled logit
-        probes = []  # (attention module, probe) of this packed row
-        if self._ground_attn is not None and ids.shape[0] == 1:
+        probes = []  # (attention module, probe) of this packed row; the first one's loss is reported
+        if self._ground_attn is not None and ids.shape[0] == 1 and self.cfg.optim.grounding_mode == "word":
+            probes = self._word_probes(batch, flat, seg)
+        elif self._ground_attn is not None and ids.shape[0] == 1:
             for attn, key in ((self._ground_attn, "ground"), (self._label_attn, "ground_label")):
                 probe = self._grounding_probe(batch, flat, seg, key) if attn is not None else None
                 if probe is not None:
