@@ -94,12 +94,12 @@ def answer_runs(labels: torch.Tensor) -> list[list[int]]:
 class Clip:
     """One clip's tokenized sample, its cached encoder output and (for training) its grounding targets."""
 
-    def __init__(self, model: AFNext, sample, targets=(), name_targets=(), events=()):
+    def __init__(self, model: AFNext, sample, targets=(), name_targets=(), events=(), word_targets=()):
         with torch.no_grad():
             self.hidden = model.encoder(sample.input_features, sample.input_features_mask)
         self.tokens_per_row = tokens_from_mel_frames(sample.input_features_mask.sum(-1).long())
         self.input_ids, self.labels = sample.input_ids, sample.labels
-        self.targets, self.name_targets = list(targets), list(name_targets)
+        self.targets, self.name_targets, self.word_targets = list(targets), list(name_targets), list(word_targets)
         self.events = list(events)  # every event of the clip, for the drill
 
     def placed(self, model: AFNext) -> torch.Tensor:
@@ -203,9 +203,7 @@ def training_clip(model: AFNext, proc: Processor, row: dict, root: Path, rng: ra
             names.append((queries, name[0], name[1], 0))
         if name is not None and span is not None:  # the event word's last token looks at the onset
             words.append((torch.tensor([name[1] - 1]), span[0], span[1], 0))
-    clip = Clip(model, sample, targets, names, events)
-    clip.word_targets = words
-    return clip
+    return Clip(model, sample, targets, names, events, words)
 
 
 class Reads:

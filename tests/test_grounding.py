@@ -127,21 +127,12 @@ def test_trainer_grounds_onset_samples_and_reports_the_loss(tmp_path, tiny_dirs)
     # projection (keys get none yet: the scratch init has zero queries, see init_uniform_attention),
     # never the values or the LM head.
     batch = trainer._micro_batches(grounded)[0]
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._micro_step(batch, 1.0)
-    with_ground = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._ground_acc = [0.0, 0]
-    trainer.cfg.optim.grounding_weight = 0.0
-    trainer._micro_step(batch, 1.0)
-    without = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    diff = {n: (with_ground[n] - without[n]).abs().max().item() for n in without}
+    diff = th.grad_change(trainer, batch, "grounding_weight", 0.0)
     assert diff["llm.layers.1.self_attn.q_proj.weight"] > 1e-6
     assert diff["llm.layers.1.self_attn.k_proj.weight"] == 0.0
     assert diff["llm.layers.1.self_attn.v_proj.weight"] == 0.0  # the mass does not depend on values
     assert diff["lm_head.weight"] == 0.0
 
-    trainer.cfg.optim.grounding_weight = 1.0
     record = trainer.train_step()
     assert record["loss_ground"] is not None and 0 < record["loss_ground"] < 50
     # at step 0 the mass is ~ span / visible keys: -log of it is near log(keys / 3)
@@ -207,16 +198,8 @@ def test_word_grounding_sends_the_event_word_to_the_onset_and_the_answer_to_the_
     (q, lo, hi, _), = to_word.targets
     assert (lo, hi) == s.ground_label and int(q.min()) > s.ground_label[1]  # answer positions, after the word
 
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._micro_step(batch, 1.0)
-    with_ground = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    trainer.model.zero_grad(set_to_none=True)
-    trainer.cfg.optim.grounding_weight = 0.0
-    trainer._micro_step(batch, 1.0)
-    without = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    diff = {n: (with_ground[n] - without[n]).abs().max().item() for n in without}
+    diff = th.grad_change(trainer, batch, "grounding_weight", 0.0)
     assert diff["llm.layers.0.self_attn.q_proj.weight"] > 1e-6  # the word's look at the onset
     assert diff["llm.layers.1.self_attn.q_proj.weight"] > 1e-6  # the answer's look at the word
-    trainer.cfg.optim.grounding_weight = 1.0
     record = trainer.train_step()
     assert record["loss_ground"] is not None and 0 < record["loss_ground"] < 50

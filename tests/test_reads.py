@@ -37,15 +37,11 @@ def test_a_read_sample_asks_one_token_its_time(tiny_dirs):
     assert QUESTION in proc.decode(ids[0].tolist())
 
 
-def _audio_corpus(root):
-    return th.make_corpus(root)
-
-
 def test_trainer_adds_reads_and_reports_their_loss(tmp_path, tiny_dirs):
     from afnext.train.config import TrainConfig
     from afnext.train.loop import Trainer
 
-    registry = _audio_corpus(tmp_path / "data")
+    registry = th.make_corpus(tmp_path / "data")
     cfg = th.write_config(tmp_path / "r.toml", registry=registry, processor=tiny_dirs["afnext"],
                           out_dir=tmp_path / "run", max_steps=2)
     trainer = Trainer(TrainConfig.load(cfg, ["optim.read_batch=6"]), progress=False)
@@ -54,17 +50,9 @@ def test_trainer_adds_reads_and_reports_their_loss(tmp_path, tiny_dirs):
     assert samples
     batch = trainer._micro_batches(samples)[0]
     # the reads reach the LM head and the adapter (through the picked audio embeddings)
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._micro_step(batch, 1.0)
-    with_reads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    trainer.model.zero_grad(set_to_none=True)
-    trainer.cfg.optim.read_weight = 0.0
-    trainer._micro_step(batch, 1.0)
-    without = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    diff = {n: (with_reads[n] - without[n]).abs().max().item() for n in without}
+    diff = th.grad_change(trainer, batch, "read_weight", 0.0)
     assert diff["lm_head.weight"] > 1e-7
     assert max(v for n, v in diff.items() if n.startswith("adapter.")) > 1e-7
-    trainer.cfg.optim.read_weight = 1.0
     record = trainer.train_step()
     # a random LLM reads a time about as well as a uniform guess over its vocabulary
     assert record["loss_read"] is not None and 0.5 * math.log(trainer.model.config.llm.vocab_size) < record["loss_read"] < 50
@@ -75,7 +63,7 @@ def test_trainer_adds_reads_and_reports_their_loss(tmp_path, tiny_dirs):
 def test_read_options_are_validated(tmp_path, tiny_dirs):
     from afnext.train.config import TrainConfig, TrainConfigError
 
-    registry = _audio_corpus(tmp_path / "data")
+    registry = th.make_corpus(tmp_path / "data")
     cfg = th.write_config(tmp_path / "r.toml", registry=registry, processor=tiny_dirs["afnext"],
                           out_dir=tmp_path / "run", max_steps=1)
     with pytest.raises(TrainConfigError, match="optim.read_batch must be >= 0, got -2"):

@@ -217,6 +217,25 @@ def weights(ckpt_dir: Path) -> dict:
     return load_file(str(ckpt_dir / "model.safetensors"))
 
 
+def grad_change(trainer, batch: dict, option: str, off) -> dict[str, float]:
+    """How much one micro-step's gradient moves, per parameter, when ``optim.<option>`` is set to ``off``
+    (max |difference|); the option is put back afterwards."""
+    def grads():
+        trainer.model.zero_grad(set_to_none=True)
+        trainer._micro_step(batch, 1.0)
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    with_it = grads()
+    on = getattr(trainer.cfg.optim, option)
+    setattr(trainer.cfg.optim, option, off)
+    try:
+        without = grads()
+    finally:
+        setattr(trainer.cfg.optim, option, on)
+    trainer.model.zero_grad(set_to_none=True)
+    return {n: (with_it[n] - without[n]).abs().max().item() for n in without}
+
+
 def max_weight_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)

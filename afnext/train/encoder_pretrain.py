@@ -137,8 +137,13 @@ def event_classes(events: list[dict], times: torch.Tensor, event_index: dict[str
     or ``len(event_index)`` outside every event."""
     cls = torch.full((times.shape[0],), len(event_index))
     for ev in events:
-        cls[(times + TOKEN_STEP_S > float(ev["onset_s"])) & (times < float(ev["offset_s"]))] = event_index[ev["label"]]
+        cls[overlapping(times, float(ev["onset_s"]), float(ev["offset_s"]))] = event_index[ev["label"]]
     return cls
+
+
+def overlapping(times: torch.Tensor, start_s: float, end_s: float) -> torch.Tensor:
+    """Which tokens (each starting at ``times``, 40 ms long) overlap [start_s, end_s)."""
+    return (times + TOKEN_STEP_S > start_s) & (times < end_s)
 
 
 def event_class_loss(logits: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -312,7 +317,7 @@ class EncoderPretrainer:
             times = torch.arange(tokens.shape[0], dtype=torch.float32) * TOKEN_STEP_S
             target = torch.zeros(tokens.shape[0], len(frame_index))
             for tag, a, b in frame_tags(labels):
-                target[(times + TOKEN_STEP_S > a) & (times < b), frame_index[tag]] = 1.0
+                target[overlapping(times, a, b), frame_index[tag]] = 1.0
             frame_loss.append(F.binary_cross_entropy_with_logits(self.heads.frame(tokens), target))
             events = labels.get("events") or []
             if events and event_index:

@@ -50,8 +50,8 @@ from afnext.train.config import TrainConfig
 from afnext.train.grounding import GroundingProbe, asked_name, grounding_span, onset_of, probe_attention, word_span
 from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
 from afnext.train.metrics import MetricsLogger
-from afnext.train.reads import TimeReads
 from afnext.train.prefix_sharing import BACKEND as PREFIX_BACKEND, shared_prefix_length
+from afnext.train.reads import TimeReads
 
 PAD_MULTIPLE = 64  # packed micro-batches are trimmed to their content, rounded up to this many tokens
 
@@ -346,13 +346,14 @@ class Trainer:
         logits_index = (flat // (row - 1)) * row + flat % (row - 1)
         seg = self._segments(batch, flat, row)  # the packed sample of each labelled logit
         probes = []  # (attention module, probe) of this packed row; the first one's loss is reported
-        if self._ground_attn is not None and ids.shape[0] == 1 and self.cfg.optim.grounding_mode == "word":
-            probes = self._word_probes(batch, flat, seg)
-        elif self._ground_attn is not None and ids.shape[0] == 1:
-            for attn, key in ((self._ground_attn, "ground"), (self._label_attn, "ground_label")):
-                probe = self._grounding_probe(batch, flat, seg, key) if attn is not None else None
-                if probe is not None:
-                    probes.append((attn, probe))
+        if self._ground_attn is not None and ids.shape[0] == 1:
+            if self.cfg.optim.grounding_mode == "word":
+                probes = self._word_probes(batch, flat, seg)
+            else:
+                for attn, key in ((self._ground_attn, "ground"), (self._label_attn, "ground_label")):
+                    probe = self._grounding_probe(batch, flat, seg, key) if attn is not None else None
+                    if probe is not None:
+                        probes.append((attn, probe))
         with self._autocast(), contextlib.ExitStack() as hooks:
             for attn, probe in probes:
                 hooks.enter_context(probe_attention(attn, probe))
