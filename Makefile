@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-all speedrun speedrun-ablation clean
+.PHONY: install demo test test-all speedrun speedrun-ablation speedrun-onset clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,9 @@ speedrun: $(STAMP)
 
 speedrun-ablation: $(STAMP)
 	$(BIN)/afnext speedrun --ablation
+
+speedrun-onset: $(STAMP)  # + the onset stage, every stage-0b step (~40 min on 2 cores: over the 30-min budget)
+	$(BIN)/afnext speedrun --onset --budget-min 0
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"

@@ -340,6 +340,8 @@ def speedrun(
                                               "machine stage 0b runs fewer steps to end within it; 0: all its steps")] = 30.0,
     stage0_steps: Annotated[Optional[int], typer.Option("--stage0-steps", help="Stage 0b steps, overriding the config "
                                                         "and the budget (to repeat a run made on another machine)")] = None,
+    onset: Annotated[bool, typer.Option("--onset", help="Add the onset stage after stage 0b (configs/nano/"
+                                        "stage0_onset.toml; ~+12 min on 2 cores, and stage 0b is fitted to the rest)")] = False,
 ) -> None:
     """Train a nano AF-Next from nothing on synthetic audio (corpus, tokenizer, stage 0 + 4 stages), then evaluate it."""
     from afnext import speedrun as sr
@@ -361,7 +363,7 @@ def speedrun(
             # the ablation's second run takes the first's stage 0b steps, so the two differ only in RoTE
             steps = stage0_steps if not results else next(iter(results.values()))["stage0_steps"]
             results[r] = sr.run(out, rote=r, progress=not quiet, log=log, budget_s=budget_min * 60 or None,
-                                stage0_steps=steps)
+                                stage0_steps=steps, onset=onset)
     except (TrainConfigError, TrainError) + _user_errors() as exc:
         _fail(str(exc))
         return

@@ -29,7 +29,11 @@ Reads (``--read-batch``) hand the LLM one audio token of a clip, at its own time
 starts: reading without finding. Drills (``--drill-batch``) cut a clip down to its events' onset tokens
 (or, with ``--drill-spans``, their whole spans) plus a few others: finding among a few events, then
 reading. ``--drill-events 1`` keeps only one event per drill: finding a lone event among noise
-tokens, with no choice between events to make. Held-out answers that land within 1 s of another
+tokens, with no choice between events to make. ``--word-reads N`` adds N reads per step asked by the
+event's name ("When does the siren start?", the one audio token an onset token of a siren), with both
+word-grounding looks supervised: the path a whole-clip answer takes, on cheap samples. Measured from
+the 2026-12-06 stage-0b export (held-out 6.95 s): 150 steps of 64 left the whole-clip answers at
+8.7-13.8 s, so reading through the name does not carry over from one-token prompts. Held-out answers that land within 1 s of another
 event's onset are counted apart: that is a wrong pick, not a wrong reading.
 
 It prints the training loss (per answer token, the closing token included) and, every
@@ -61,7 +65,7 @@ from afnext.model.encoder import tokens_from_mel_frames
 from afnext.model.rote import window_index_per_row
 from afnext.processor import Processor
 from afnext.train.reads import TimeReads
-from afnext.train.grounding import SPAN_S, GroundingProbe, grounding_span, probe_attention, word_span
+from afnext.train.grounding import SPAN_S, GroundingProbe, answer_spans, grounding_span, probe_attention, word_span
 
 CAPS = StageCaps(max_audio_s=60.0, max_tokens=8192)
 ANSWER_TOKENS = 8  # greedy tokens per held-out answer: "12.4s" is 5
@@ -82,13 +86,7 @@ def greedy_next(model: AFNext, ids: torch.Tensor, embeds: torch.Tensor) -> int:
 
 def answer_runs(labels: torch.Tensor) -> list[list[int]]:
     """Positions of each assistant answer's labelled tokens, one list per answer, in order."""
-    runs: list[list[int]] = []
-    for p in (labels != IGNORE_INDEX).nonzero().flatten().tolist():
-        if runs and p == runs[-1][-1] + 1:
-            runs[-1].append(p)
-        else:
-            runs.append([p])
-    return runs
+    return [list(range(lo, hi)) for lo, hi in answer_spans(labels)]
 
 
 class Clip:
@@ -260,6 +258,49 @@ def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.
 
 
 @torch.no_grad()
+class WordReads:
+    """Reads asked by the event's name: one onset token of a training clip's event alone, the question
+    "When does the <its class> start?", answered with that token's time, and the two word-grounding
+    looks supervised (the name's last token at the audio token, the answer at the name). Cheap samples
+    for the path the whole-clip answers need: read the time from the name after the name found it."""
+
+    def __init__(self, model: AFNext, proc: Processor):
+        audio_id = model.config.audio_token_id
+        self.model = model
+        self.rows, self.words = {}, {}
+        for label, noun in NOUN.items():
+            r = TimeReads(proc, audio_id, question=ONSET_QUESTIONS[0].format(x=noun))
+            self.rows[label] = r
+            self.words[label] = word_span(r.prefix, proc.tokenizer.encode(" " + noun), len(r.prefix))
+            self.audio_pos = int((r.prefix == audio_id).nonzero()[0])
+
+    def batch(self, clips: list[Clip], n: int, rng: random.Random):
+        """One packed row of n reads: (input_ids, labels, position_ids, cu_seqlens, embeds, to_onset, to_word)."""
+        ids, labels, pos, embeds, to_onset, to_word, cu = [], [], [], [], [], [], [0]
+        for _ in range(n):
+            clip = rng.choice(clips)
+            e = rng.choice(clip.events)
+            span = grounding_span(clip.input_ids, self.model.config.audio_token_id, e["onset_s"])
+            if span is None:
+                continue
+            first = int((clip.input_ids == self.model.config.audio_token_id).nonzero()[0])
+            token = rng.randrange(span[0], span[1]) - first
+            r_ids, r_labels = self.rows[e["label"]].batch([token * TOKEN_SECONDS])
+            r_ids, r_labels = r_ids[0], r_labels[0]
+            s = cu[-1]
+            word = self.words[e["label"]]
+            answer = (r_labels != IGNORE_INDEX).nonzero().flatten()
+            to_onset.append((torch.tensor([s + word[1] - 1]), s + self.audio_pos, s + self.audio_pos + 1, s))
+            to_word.append((answer - 1 + s, s + word[0], s + word[1], s))
+            ids.append(r_ids)
+            labels.append(r_labels)
+            pos.append(torch.arange(len(r_ids)))
+            embeds.append(clip.placed(self.model)[token])
+            cu.append(s + len(r_ids))
+        return (torch.cat(ids)[None], torch.cat(labels)[None], torch.cat(pos)[None], torch.tensor(cu, dtype=torch.int32),
+                self.model.adapter(torch.stack(embeds)), to_onset, to_word)
+
+
 def median_error(model: AFNext, proc: Processor, items: list[tuple[Clip, float]],
                  drill: int | None = None, spans: bool = False, events: int = 0) -> tuple[float, list[str], float]:
     """Median onset error of greedy answers on the held-out clips, or (``drill`` = distractor count) on
@@ -311,6 +352,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--drill-shift", action="store_true", help="move each drill's tokens to a random time (RoTE re-applied)")
     ap.add_argument("--read-batch", type=int, default=0,
                     help="single-token reads per optimizer step: one audio token, asked its time")
+    ap.add_argument("--word-reads", type=int, default=0,
+                    help="reads per step asked by the event's name, with word grounding (WordReads)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--grounding-weight", type=float, default=0.0)
     ap.add_argument("--grounding-layer", type=int, default=1)
@@ -367,8 +410,9 @@ def main(argv=None) -> dict:
     layers = model.llm.layers
     n_heads = layers[args.grounding_layer].self_attn.heads
     onset_heads = list(range(n_heads)) if args.grounding_heads == "all" else [int(h) for h in args.grounding_heads.split(",")]
-    parts = args.batch + bool(args.drill_batch) + bool(args.read_batch)  # each part's loss weighs the same
-    losses, grounds, drill_losses, read_losses = [], [], [], []
+    parts = args.batch + bool(args.drill_batch) + bool(args.read_batch) + bool(args.word_reads)  # each weighs the same
+    losses, grounds, drill_losses, read_losses, word_losses = [], [], [], [], []
+    word_reads = WordReads(model, proc) if args.word_reads else None
     for step in range(1, args.steps + 1):
         warm = min(1.0, step / max(1, args.steps // 20))
         for g in opt.param_groups:  # warmup, then cosine to 10 %
@@ -413,6 +457,16 @@ def main(argv=None) -> dict:
             out = model(input_ids=ids, audio_embeds=embeds, labels=labels)
             (out.loss / parts).backward()
             read_losses.append(float(out.loss.detach()))
+        if word_reads is not None:
+            ids, labels, pos, cu, embeds, to_onset, to_word = word_reads.batch(train, args.word_reads, rng)
+            onset_probe, name_probe = GroundingProbe(onset_heads, to_onset), GroundingProbe(onset_heads, to_word)
+            with contextlib.ExitStack() as hooks:
+                hooks.enter_context(probe_attention(layers[args.grounding_layer - 1].self_attn, onset_probe))
+                hooks.enter_context(probe_attention(layers[args.grounding_layer].self_attn, name_probe))
+                out = model(input_ids=ids, audio_embeds=embeds, labels=labels, position_ids=pos, cu_seqlens=cu)
+            loss = out.loss + args.grounding_weight * (torch.stack(onset_probe.losses).mean() + torch.stack(name_probe.losses).mean())
+            (loss / parts).backward()
+            word_losses.append(float(out.loss.detach()))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(step_loss)
@@ -425,9 +479,11 @@ def main(argv=None) -> dict:
                 line += f" drill loss {statistics.mean(drill_losses[-25:]):.3f}"
             if args.read_batch:
                 line += f" read loss {statistics.mean(read_losses[-25:]):.3f}"
+            if args.word_reads:
+                line += f" word-read loss {statistics.mean(word_losses[-25:]):.3f}"
             print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
-            evaluate(step, statistics.mean((losses if args.batch else drill_losses or read_losses)[-25:]),
+            evaluate(step, statistics.mean((losses if args.batch else drill_losses or read_losses or word_losses)[-25:]),
                      statistics.mean(grounds[-25 * args.batch:]) if args.batch else None)
     if args.save:
         model.save_pretrained(args.save)

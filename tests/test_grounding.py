@@ -13,14 +13,34 @@ import train_helpers as th
 from afnext.model.attention import AttentionMask
 
 
-def test_onset_of_reads_only_grounded_tasks():
-    from afnext.train.grounding import onset_of
+def test_asked_events_reads_only_grounded_tasks():
+    from afnext.train.grounding import asked_events
 
-    assert onset_of({"task": "event_onset", "labels": {"onset_s": 12.4}}) == 12.4
-    assert onset_of({"task": "event_span", "labels": {"onset_s": 12.4}}) is None
-    assert onset_of({"task": "event_onset", "labels": {}}) is None
-    assert onset_of({"task": "event_onset", "labels": {"onset_s": float("nan")}}) is None
-    assert onset_of(None) is None
+    assert asked_events({"task": "event_onset", "labels": {"onset_s": 12.4, "target": "siren"}}) == [(12.4, "siren")]
+    assert asked_events({"task": "event_onset", "labels": {"onset_s": 12.4, "target": "knock"}}) == [(12.4, "knocking")]
+    assert asked_events({"task": "event_span", "labels": {"onset_s": 12.4}}) == []
+    assert asked_events({"task": "event_onset", "labels": {}}) == [(None, None)]
+    assert asked_events({"task": "event_onset", "labels": {"onset_s": float("nan")}}) == [(None, None)]
+    assert asked_events({"task": "event_onset_all", "labels": {"asked": [
+        {"label": "siren", "onset_s": 3.2}, {"label": "bell", "onset_s": -1}]}}) == [(3.2, "siren"), (None, "bell")]
+    assert asked_events(None) == []
+
+
+def test_answer_spans_and_ground_sample_pair_each_answer_with_its_event():
+    from afnext.train.grounding import Ground, answer_spans, ground_sample
+
+    A, X = 7, -100
+    #        0  1  2  3  4  5  6  7  8  9 10 11 12 13 14 15
+    ids = torch.tensor([1, A, A, A, A, A, A, A, A, 2, 30, 5, 31, 3, 40, 6])
+    labels = torch.tensor([X, X, X, X, X, X, X, X, X, X, X, 5, X, X, X, 6])
+    assert answer_spans(labels) == [(11, 12), (15, 16)]
+    encode = {" siren": [30], " glass": [40]}.__getitem__
+    grounds = ground_sample(ids, labels, A, [(0.04, "siren"), (0.2, "glass")], encode)
+    assert grounds == [Ground((11, 12), (2, 5), (10, 11)), Ground((15, 16), (6, 9), (14, 15))]
+    assert ground_sample(ids, labels, A, [(0.04, "siren")], encode) == []  # answers and events do not pair up
+    assert ground_sample(ids, labels, A, [(None, "siren"), (0.2, None)], encode) == [Ground((15, 16), (6, 9), None)]
+    assert ground_sample(ids, labels, A, [(0.04, "siren"), (0.2, "glass")]) == [
+        Ground((11, 12), (2, 5)), Ground((15, 16), (6, 9))]
 
 
 def test_grounding_span_covers_the_onset_tokens():
@@ -117,11 +137,12 @@ def test_trainer_grounds_onset_samples_and_reports_the_loss(tmp_path, tiny_dirs)
                                              'optim.loss_norm="sample"']), progress=False)
     samples = trainer._next_samples(8)
     audio_id = trainer.model.config.audio_token_id
-    grounded = [s for s in samples if s.ground is not None]
-    assert grounded and all(s.ground is None for s in samples if not (s.input_ids == audio_id).any())
+    grounded = [s for s in samples if s.grounds]
+    assert grounded and all(not s.grounds for s in samples if not (s.input_ids == audio_id).any())
     for s in grounded:  # [0.5, 0.62) s overlaps tokens 12 (0.48-0.52 s) to 15 (0.60-0.64 s)
         first = int((s.input_ids == audio_id).nonzero()[0])
-        assert s.ground == (first + 12, first + 16)
+        (g,) = s.grounds
+        assert g.onset == (first + 12, first + 16) and g.word is None  # no label layer: no word looked up
 
     # The loss adds weight x (-log mass) per grounded sample. It reaches the supervised layer's query
     # projection (keys get none yet: the scratch init has zero queries, see init_uniform_attention),
@@ -180,26 +201,79 @@ def test_word_grounding_sends_the_event_word_to_the_onset_and_the_answer_to_the_
     trainer = Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_layer=1",
                                              "optim.grounding_label_layer=0", 'optim.grounding_mode="word"',
                                              'optim.loss_norm="sample"']), progress=False)
-    samples = [s for s in trainer._next_samples(8) if s.ground is not None]
-    assert samples and all(s.ground_label is not None for s in samples)
+    samples = [s for s in trainer._next_samples(8) if s.grounds]
+    assert samples and all(g.word is not None for s in samples for g in s.grounds)
     word = trainer.processor.tokenizer.encode(" siren")
     for s in samples:
-        assert s.input_ids[s.ground_label[0]: s.ground_label[1]].tolist() == word
+        assert s.input_ids[s.grounds[0].word[0]: s.grounds[0].word[1]].tolist() == word
     batch = trainer._micro_batches(samples[:1])[0]
     ids = batch["input_ids"]
     target = batch["labels"][:, 1:].reshape(-1)
     flat = torch.nonzero(target != -100).squeeze(1)
-    probes = trainer._word_probes(batch, flat, trainer._segments(batch, flat, ids.shape[1]))
+    probes = trainer._word_probes(batch, flat)
     (layer0, to_onset), (layer1, to_word) = probes
     assert layer0 is trainer.model.llm.layers[0].self_attn and layer1 is trainer.model.llm.layers[1].self_attn
-    s = samples[0]
+    (g,) = samples[0].grounds
     (q, lo, hi, start), = to_onset.targets
-    assert q.tolist() == [s.ground_label[1] - 1] and (lo, hi, start) == (s.ground[0], s.ground[1], 0)
+    assert q.tolist() == [g.word[1] - 1] and (lo, hi, start) == (*g.onset, 0)
     (q, lo, hi, _), = to_word.targets
-    assert (lo, hi) == s.ground_label and int(q.min()) > s.ground_label[1]  # answer positions, after the word
+    # the logits predicting the answer's tokens, all after the word
+    assert (lo, hi) == g.word and q.tolist() == list(range(g.answer[0] - 1, g.answer[1] - 1)) and int(q.min()) > g.word[1]
 
     diff = th.grad_change(trainer, batch, "grounding_weight", 0.0)
     assert diff["llm.layers.0.self_attn.q_proj.weight"] > 1e-6  # the word's look at the onset
     assert diff["llm.layers.1.self_attn.q_proj.weight"] > 1e-6  # the answer's look at the word
     record = trainer.train_step()
     assert record["loss_ground"] is not None and 0 < record["loss_ground"] < 50
+
+
+def test_word_grounding_grounds_every_answer_of_a_multi_turn_conversation(tmp_path, tiny_dirs):
+    """event_onset_all rows: answer k looks at the word of question k, that word at event k's onset."""
+    from afnext.train.config import TrainConfig
+    from afnext.train.loop import Trainer
+
+    registry = th.make_corpus(tmp_path / "data")
+    manifest = tmp_path / "data" / "train.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows:
+        if "sound" in r:
+            r.update(task="event_onset_all", labels={"asked": [{"label": "siren", "onset_s": 1.0},
+                                                                {"label": "bell", "onset_s": 0.2}]})
+            r["conversations"] = [{"from": "human", "value": "<sound>\nWhen does the siren start?"},
+                                  {"from": "gpt", "value": "1.0s"},
+                                  {"from": "human", "value": "When does the bell start?"},
+                                  {"from": "gpt", "value": "0.2s"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = th.write_config(tmp_path / "w.toml", registry=registry, processor=tiny_dirs["afnext"],
+                          out_dir=tmp_path / "run", max_steps=1)
+    trainer = Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_layer=1",
+                                             "optim.grounding_label_layer=0", 'optim.grounding_mode="word"',
+                                             "optim.read_batch=4"]),
+                      progress=False)
+    samples = [s for s in trainer._next_samples(8) if s.grounds]
+    assert samples
+    audio_id = trainer.model.config.audio_token_id
+    tok = trainer.processor.tokenizer
+    for s in samples:
+        first = int((s.input_ids == audio_id).nonzero()[0])
+        siren, bell = s.grounds
+        assert siren.onset == (first + 25, first + 28) and bell.onset == (first + 5, first + 8)
+        assert s.input_ids[siren.word[0]: siren.word[1]].tolist() == tok.encode(" siren")
+        assert s.input_ids[bell.word[0]: bell.word[1]].tolist() == tok.encode(" bell")
+        assert siren.word[1] <= siren.answer[0] < bell.word[0] < bell.word[1] <= bell.answer[0]
+        assert tok.decode(s.input_ids[siren.answer[0]: siren.answer[1]]).startswith("1.0s")
+        assert tok.decode(s.input_ids[bell.answer[0]: bell.answer[1]]).startswith("0.2s")
+    batch = trainer._micro_batches(samples[:2])[0]
+    starts = batch["cu_seqlens"].tolist()
+    target = batch["labels"][:, 1:].reshape(-1)
+    flat = torch.nonzero(target != -100).squeeze(1)
+    (_, to_onset), (_, to_word) = trainer._word_probes(batch, flat)
+    packed = [(g, starts[i]) for i, s in enumerate(samples[:2]) for g in s.grounds]
+    assert len(to_onset.targets) == len(to_word.targets) == len(packed) == 4
+    for (g, s0), (q, lo, hi, start), (qw, wlo, whi, wstart) in zip(packed, to_onset.targets, to_word.targets):
+        assert q.tolist() == [g.word[1] - 1 + s0] and (lo, hi, start) == (g.onset[0] + s0, g.onset[1] + s0, s0)
+        assert qw.tolist() == list(range(g.answer[0] - 1 + s0, g.answer[1] - 1 + s0))
+        assert (wlo, whi, wstart) == (g.word[0] + s0, g.word[1] + s0, s0)
+    record = trainer.train_step()  # with time reads too: their forward runs without the probes
+    assert record["loss_ground"] is not None and 0 < record["loss_ground"] < 50
+    assert record["loss_read"] is not None and math.isfinite(record["loss_read"])

@@ -89,3 +89,28 @@ def test_a_one_event_drill_asks_one_event_among_noise(setup):
     others = [t for t in kept if t not in onset_tokens]
     assert len(others) == 12
     assert not any(inside(t, e) for t in others for e in clip.events)  # no distractor inside any event
+
+
+def test_word_reads_pack_one_named_onset_token_per_read(setup):
+    """Each word read holds one audio token at one of its event's onset tokens, asks for that event by
+    name and is answered with the token's time; the grounding targets point at the name and the token."""
+    from afnext.data.families.sound import NOUN
+
+    model, proc, clip = setup
+    reads = onset_readout.WordReads(model, proc)
+    ids, labels, pos, cu, embeds, to_onset, to_word = reads.batch([clip], 5, random.Random(2))
+    audio_id = model.config.audio_token_id
+    assert ids.shape[0] == 1 and cu[0] == 0 and int(cu[-1]) == ids.shape[1] and len(cu) == 6
+    assert embeds.shape == (5, model.config.llm.hidden_size) and int((ids == audio_id).sum()) == 5
+    onsets = {round(e["onset_s"], 2): e["label"] for e in clip.events}
+    for k in range(5):
+        lo, hi = int(cu[k]), int(cu[k + 1])
+        row, row_labels = ids[0, lo:hi], labels[0, lo:hi]
+        assert pos[0, lo:hi].tolist() == list(range(hi - lo))
+        (q, a_lo, a_hi, start), (qw, w_lo, w_hi, w_start) = to_onset[k], to_word[k]
+        assert start == w_start == lo and a_hi == a_lo + 1 and ids[0, a_lo] == audio_id
+        time = predicted_onset(proc.decode(row_labels[row_labels != IGNORE_INDEX][:-1].tolist()))
+        label = min(onsets.items(), key=lambda kv: abs(kv[0] - time))[1]  # the event whose onset it is
+        assert abs(time - min(onsets, key=lambda o: abs(o - time))) <= 0.2
+        assert proc.decode(ids[0, w_lo:w_hi].tolist()).strip() == NOUN[label] and q.tolist() == [w_hi - 1]
+        assert int(qw.min()) > w_hi and all(row_labels[int(p) - lo + 1] != IGNORE_INDEX for p in qw)

@@ -19,7 +19,8 @@ SMALL = ["data.global_batch=4"]
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    """A toy-scale speedrun: 2 train + 1 held-out item per family, 40-s "long" clips, ~1 % of the steps."""
+    """A toy-scale speedrun with the onset stage: 2 train + 1 held-out item per family, 40-s "long" clips,
+    ~1 % of the steps."""
     mp = pytest.MonkeyPatch()
     mp.setattr(sr, "TRAIN_PER_FAMILY", 2)
     mp.setattr(sr, "TRAIN_OVERRIDES", (("asr_digits", 3),))
@@ -29,7 +30,7 @@ def toy(tmp_path_factory):
     mp.setattr(sr, "LONG_DURATION_S", (40.0, 40.0))
     out = tmp_path_factory.mktemp("speedrun")
     logs: list[str] = []
-    summary = sr.run(out, rote=True, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append)
+    summary = sr.run(out, rote=True, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append, onset=True)
     yield out, summary, logs, mp
     mp.undo()
 
@@ -57,16 +58,21 @@ def _changed(a: dict, b: dict) -> dict[str, bool]:
 def test_every_stage_runs_and_exports(toy):
     out, summary, logs, _ = toy
     run_dir = out / "rote"
-    for stage in sr.STAGES:
+    ran = sr.stages(onset=True)
+    assert ran == ("stage0_encoder", "stage0", "stage0_onset", "pretrain1", "pretrain2", "midtrain1", "midtrain2")
+    assert summary["onset_stage"] is True
+    for stage in ran:
         cfg = json.loads((run_dir / stage / "config.json").read_text())
         steps = [json.loads(line)["step"] for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]
         assert steps == list(range(1, cfg["optim"]["max_steps"] + 1)), stage
         assert (run_dir / stage / "final" / "config.json").is_file()
     # each stage starts from the previous one's export
-    inits = [json.loads((run_dir / s / "config.json").read_text())["run"]["init"] for s in sr.STAGES]
-    assert inits == ["scratch"] + [str(run_dir / s) for s in sr.STAGES[:-1]]
+    inits = [json.loads((run_dir / s / "config.json").read_text())["run"]["init"] for s in ran]
+    assert inits == ["scratch"] + [str(run_dir / s) for s in ran[:-1]]
     assert summary["model"] == str(run_dir / "midtrain2" / "final")
-    assert set(summary["seconds"]) == {"corpus", *sr.STAGES, "eval"}
+    assert set(summary["seconds"]) == {"corpus", *ran, "eval"}
+    onset = json.loads((run_dir / "stage0_onset" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert onset["loss_ground"] is not None and onset["loss_read"] is not None  # word grounding and reads ran
     assert any(line.startswith("multiple-choice accuracy") for line in logs)
 
 
@@ -81,6 +87,40 @@ def test_corpus_counts_follow_the_recipe(toy):
     assert set(counts.values()) == {2} and set(counts) == set(sr.FAMILIES) - {"asr_digits", "long_event_grounding"}
 
 
+def test_registry_adds_every_event_conversations_on_the_onset_clips(toy):
+    """event_onset_all: each event_onset training clip (same audio file) asking each of its events in turn."""
+    from afnext.data.families.sound import NOUN
+
+    out, *_ = toy
+    fams = out / "data" / "families"
+    singles = [json.loads(line) for line in (fams / "event_onset.jsonl").read_text().splitlines()]
+    multis = [json.loads(line) for line in (fams / "event_onset_all.jsonl").read_text().splitlines()]
+    assert [m["sound"] for m in multis] == [r["sound"] for r in singles]
+    assert "[datasets.event_onset_all]" in (out / "data" / "registry_families.toml").read_text()
+    for single, multi in zip(singles, multis):
+        events = single["labels"]["events"]
+        asked = multi["labels"]["asked"]
+        assert multi["task"] == multi["family"] == "event_onset_all" and multi["id"] == single["id"] + "/all"
+        assert sorted((a["label"], a["onset_s"]) for a in asked) == sorted((e["label"], e["onset_s"]) for e in events)
+        conv = multi["conversations"]
+        assert [t["from"] for t in conv] == ["human", "gpt"] * len(events)
+        assert conv[0]["value"].startswith("<sound>\n") and all("<sound>" not in t["value"] for t in conv[1:])
+        for k, a in enumerate(asked):
+            assert NOUN[a["label"]] in conv[2 * k]["value"] and conv[2 * k + 1]["value"] == f"{a['onset_s']:.1f}s"
+
+
+def test_ask_every_onset_rejects_rows_it_cannot_ask():
+    import random
+
+    from afnext.data.families.sound import ask_every_onset
+
+    with pytest.raises(ValueError, match="x1: not an event_onset row with labelled events"):
+        ask_every_onset({"id": "x1", "task": "event_span", "labels": {"events": [{"label": "siren", "onset_s": 1}]}},
+                        random.Random(0))
+    with pytest.raises(ValueError, match="x2: not an event_onset row with labelled events"):
+        ask_every_onset({"id": "x2", "task": "event_onset", "labels": {"events": []}}, random.Random(0))
+
+
 def test_stage_caps_follow_the_paper(toy):
     out, *_ = toy
     curriculum = ("pretrain1", "pretrain2", "midtrain1", "midtrain2")
@@ -91,9 +131,10 @@ def test_stage_caps_follow_the_paper(toy):
 
 def test_freeze_policies_hold(toy):
     out, *_ = toy
-    w = {s: _weights(out / "rote" / s) for s in sr.STAGES}
+    w = {s: _weights(out / "rote" / s) for s in sr.stages(onset=True)}
     assert _changed(w["stage0_encoder"], w["stage0"]) == {"encoder": True, "adapter": True, "llm": True}
-    assert _changed(w["stage0"], w["pretrain1"]) == {"encoder": False, "adapter": True, "llm": False}
+    assert _changed(w["stage0"], w["stage0_onset"]) == {"encoder": False, "adapter": True, "llm": True}
+    assert _changed(w["stage0_onset"], w["pretrain1"]) == {"encoder": False, "adapter": True, "llm": False}
     assert _changed(w["pretrain1"], w["pretrain2"]) == {"encoder": True, "adapter": True, "llm": False}
     assert _changed(w["pretrain2"], w["midtrain1"]) == {"encoder": True, "adapter": True, "llm": True}
 
@@ -143,6 +184,8 @@ def test_stage0_steps_fit_the_budget():
     assert 450.0 + sr.fit_stage0_steps(2650, **slow) * step_s + sr.AFTER_STAGE0_PER_ENCODER_S * 280.0 <= 1800.0
     assert sr.fit_stage0_steps(2650, **{**slow, "elapsed_s": 5000.0}) == 1325  # the floor, not zero
     assert sr.fit_stage0_steps(2650, **{**slow, "encoder_steps": 0}) == 2650  # nothing measured: no change
+    # an added stage's predicted seconds come off stage 0b's share
+    assert sr.fit_stage0_steps(2650, **slow, extra_s=100.0) == int((left - 100.0) // step_s)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -163,6 +206,7 @@ def test_speedrun_cli_errors(tmp_path, args, message):
 @pytest.mark.parametrize("args, first_steps, budget_s", [
     (["--ablation"], None, 1800.0),
     (["--ablation", "--stage0-steps", "7", "--budget-min", "0"], 7, None),
+    (["--ablation", "--onset"], None, 1800.0),
 ])
 def test_speedrun_cli_passes_budget_and_ablation_reuses_stage0_steps(tmp_path, monkeypatch, args, first_steps, budget_s):
     from typer.testing import CliRunner
@@ -171,8 +215,8 @@ def test_speedrun_cli_passes_budget_and_ablation_reuses_stage0_steps(tmp_path, m
 
     calls = []
 
-    def fake_run(out, *, rote, progress, log, budget_s, stage0_steps):
-        calls.append({"rote": rote, "budget_s": budget_s, "stage0_steps": stage0_steps})
+    def fake_run(out, *, rote, progress, log, budget_s, stage0_steps, onset):
+        calls.append({"rote": rote, "budget_s": budget_s, "stage0_steps": stage0_steps, "onset": onset})
         fitted = stage0_steps or 1851  # what a budget would have fitted on a slow machine
         return {"stage0_steps": fitted, "headline": {}, "families": {}}
 
@@ -180,6 +224,8 @@ def test_speedrun_cli_passes_budget_and_ablation_reuses_stage0_steps(tmp_path, m
     r = CliRunner().invoke(app, ["speedrun", "--out", str(tmp_path / "run"), "--quiet", *args])
     assert r.exit_code == 0, r.output
     assert [c["rote"] for c in calls] == [True, False]
-    assert calls[0] == {"rote": True, "budget_s": budget_s, "stage0_steps": first_steps}
+    onset = "--onset" in args
+    assert calls[0] == {"rote": True, "budget_s": budget_s, "stage0_steps": first_steps, "onset": onset}
+    assert calls[1]["onset"] == onset
     # the no-RoTE run repeats the RoTE run's stage 0b steps, whatever set them
     assert calls[1]["stage0_steps"] == (first_steps or 1851)

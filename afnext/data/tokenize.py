@@ -155,8 +155,7 @@ class TrainSample:
     id: str | None = None
     family: str | None = None
     truncated: bool = False
-    ground: tuple[int, int] | None = None  # [lo, hi) token positions a grounding loss points at (afnext.train.grounding)
-    ground_label: tuple[int, int] | None = None  # [lo, hi) of the question's event name (afnext.train.grounding)
+    grounds: list = field(default_factory=list)  # grounded answers (afnext.train.grounding.Ground), for its loss
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())

@@ -26,10 +26,15 @@ looks at the onset tokens (``grounding_label_layer``, where the word's own embed
 the answer positions look at that word (``grounding_layer``), so the found time sits at a text
 position one look-up from the answer. In ``experiments/onset_readout.py`` (``--word-grounding``) this
 was the first variant whose answers used what was found: held-out median onset error on 10-60-s clips
-1.00 s after 600 steps, where grounding the answer itself stayed at 5-8 s.
+1.00 s after 600 steps, where grounding the answer itself stayed at 5-8 s. In the trainer, on the
+multi-turn ``event_onset_all`` clips with the encoder frozen (configs/nano/stage0_onset.toml), 300
+steps of 4 clips from a stage-0b export that had learnt the finding (held-out 6.95 s by the readout's
+scoring) gave 1.15 s in `afnext eval synthetic` (grounding weight 0.3 and reads 0.2; at weights 1 and 1, 5.55 s: the
+summed per-answer terms then outweigh the answers).
 
 The labels are data the synthetic corpus already has (``labels.onset_s`` and ``labels.target`` of
-``event_onset`` items). The loss is computed inside the attention module's forward (a forward hook), so it sees the layer's
+``event_onset`` items; ``labels.asked`` of the multi-turn ``event_onset_all`` items, one grounded
+answer per event). The loss is computed inside the attention module's forward (a forward hook), so it sees the layer's
 weights while FSDP has them unsharded; the model code knows nothing of it.
 """
 
@@ -37,31 +42,77 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from afnext.audio import TOKEN_SECONDS
+from afnext.model.afnext import IGNORE_INDEX
 from afnext.model.llm import apply_rope
 
-GROUNDED_TASKS = ("event_onset",)  # manifest ``task`` values whose ``labels.onset_s`` is grounded
+GROUNDED_TASKS = ("event_onset", "event_onset_all")  # manifest ``task`` values whose onsets are grounded
 SPAN_S = 0.12  # seconds from the labelled onset that count as "the start" (3 tokens; the fade-in is 5 ms)
 
 
-def onset_of(extra: dict | None) -> float | None:
-    """The labelled onset (s) of a grounded item's asked-about event, else None."""
-    extra = extra or {}
-    if extra.get("task") not in GROUNDED_TASKS:
-        return None
-    onset = (extra.get("labels") or {}).get("onset_s")
-    return float(onset) if isinstance(onset, (int, float)) and math.isfinite(onset) and onset >= 0 else None
+@dataclass(frozen=True)
+class Ground:
+    """One grounded answer of a sample, as [lo, hi) token positions: the answer's labelled tokens, the
+    audio tokens where its event starts, and the question's word(s) for the event (None: not found)."""
+    answer: tuple[int, int]
+    onset: tuple[int, int]
+    word: tuple[int, int] | None = None
 
 
-def asked_name(extra: dict | None) -> str | None:
-    """The words a grounded item's question uses for its event (``NOUN`` of ``labels.target``)."""
+def _onset(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else None
+
+
+def asked_events(extra: dict | None) -> list[tuple[float | None, str | None]]:
+    """(onset s, words naming the event) for each answer of a grounded item, in answer order; [] otherwise.
+
+    ``event_onset`` items answer one question (``labels.onset_s``, ``labels.target``);
+    ``event_onset_all`` items ask every event in turn (``labels.asked``: [{label, onset_s}, ...])."""
     from afnext.data.families.sound import NOUN
 
-    return NOUN.get(((extra or {}).get("labels") or {}).get("target"))
+    extra = extra or {}
+    labels = extra.get("labels") or {}
+    if extra.get("task") == "event_onset":
+        return [(_onset(labels.get("onset_s")), NOUN.get(labels.get("target")))]
+    if extra.get("task") == "event_onset_all":
+        return [(_onset(a.get("onset_s")), NOUN.get(a.get("label"))) for a in labels.get("asked") or []
+                if isinstance(a, dict)]
+    return []
+
+
+def answer_spans(labels: torch.Tensor) -> list[tuple[int, int]]:
+    """[lo, hi) positions of each assistant answer's labelled tokens (1-D labels), in order."""
+    spans: list[list[int]] = []
+    for p in (labels != IGNORE_INDEX).nonzero().flatten().tolist():
+        if spans and p == spans[-1][1]:
+            spans[-1][1] = p + 1
+        else:
+            spans.append([p, p + 1])
+    return [(lo, hi) for lo, hi in spans]
+
+
+def ground_sample(input_ids: torch.Tensor, labels: torch.Tensor, audio_token_id: int,
+                  events: list[tuple[float | None, str | None]], encode=None) -> list[Ground]:
+    """The sample's grounded answers: answer k is paired with ``events[k]``. None of them when the answers
+    and events do not pair up (a turn cut by a cap, or labels that do not match the conversation); an
+    answer is left out when its onset is unknown or beyond the audio. ``encode`` (text -> token ids) finds
+    each event's word(s) in the last question before its answer; None skips that."""
+    answers = answer_spans(labels)
+    if len(answers) != len(events):
+        return []
+    grounds = []
+    for answer, (onset_s, name) in zip(answers, events):
+        span = grounding_span(input_ids, audio_token_id, onset_s) if onset_s is not None else None
+        if span is None:
+            continue
+        word = word_span(input_ids, encode(" " + name), answer[0]) if encode is not None and name else None
+        grounds.append(Ground(answer, span, word))
+    return grounds
 
 
 def word_span(input_ids: torch.Tensor, word_ids: list[int], before: int) -> tuple[int, int] | None:

@@ -47,7 +47,7 @@ from afnext.tokenizer import TextTokenizer
 from afnext.tokenizer_files import write_tokenizer_files
 from afnext.train import state as ckpt
 from afnext.train.config import TrainConfig
-from afnext.train.grounding import GroundingProbe, asked_name, grounding_span, onset_of, probe_attention, word_span
+from afnext.train.grounding import GroundingProbe, asked_events, ground_sample, probe_attention
 from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
 from afnext.train.metrics import MetricsLogger
 from afnext.train.prefix_sharing import BACKEND as PREFIX_BACKEND, shared_prefix_length
@@ -254,13 +254,10 @@ class Trainer:
                                    family=extra.get("family"))
             sample = self.drops.keep(result)
             if sample is not None:
-                onset = onset_of(extra) if self._ground_attn is not None else None
-                if onset is not None:
-                    sample.ground = grounding_span(sample.input_ids, self.model.config.audio_token_id, onset)
-                    name = asked_name(extra)
-                    if sample.ground is not None and self._label_attn is not None and name:
-                        answer = int((sample.labels != IGNORE_INDEX).nonzero()[0])
-                        sample.ground_label = word_span(sample.input_ids, self.processor.tokenizer.encode(" " + name), answer)
+                events = asked_events(extra) if self._ground_attn is not None else []
+                if events:
+                    sample.grounds = ground_sample(sample.input_ids, sample.labels, self.model.config.audio_token_id, events,
+                                                   self.processor.tokenizer.encode if self._label_attn is not None else None)
                 out.append(sample)
         return out
 
@@ -275,34 +272,39 @@ class Trainer:
             raise TrainError(f"optim.grounding_heads={o.grounding_heads}: the LLM has heads 0..{attn.heads - 1}")
         return attn
 
-    def _grounding_probe(self, batch: dict, flat: torch.Tensor, seg: torch.Tensor, key: str) -> GroundingProbe | None:
-        """The probe for this packed row: each grounded sample's answer positions attend to its span
-        (``key``: "ground", the event's onset tokens, or "ground_label", the question's name for it)."""
-        spans = batch.get(key)
-        if not spans or not any(s is not None for s in spans):
-            return None
+    def _probe_targets(self, batch: dict, flat: torch.Tensor, key: str) -> list:
+        """(queries, lo, hi, start) per grounded answer of this packed row: the answer's positions attend to
+        its ``key`` span ("onset": the event's first audio tokens, "word": the question's name for it)."""
         starts = batch["cu_seqlens"].tolist()
         targets = []
-        for i, span in enumerate(spans):
-            queries = flat[seg.to(flat.device) == i]  # logit at p predicts p + 1: p attends; rows hold one packed row
-            if span is None or queries.numel() == 0:
-                continue
-            targets.append((queries, span[0] + starts[i], span[1] + starts[i], starts[i]))
-        return GroundingProbe(self.cfg.optim.grounding_heads, targets) if targets else None
-
-    def _word_probes(self, batch: dict, flat: torch.Tensor, seg: torch.Tensor) -> list:
-        """Word grounding: each grounded sample's event word (its last token) looks at the onset tokens in
-        the label layer, and its answer positions look at that word in the grounding layer."""
-        starts = batch["cu_seqlens"].tolist()
-        to_onset, to_word = [], []
-        for i, (onset, word) in enumerate(zip(batch.get("ground") or [], batch.get("ground_label") or [])):
-            queries = flat[seg.to(flat.device) == i]
-            if onset is None or word is None or queries.numel() == 0:
-                continue
+        for i, grounds in enumerate(batch.get("grounds") or []):
             s = starts[i]
-            to_onset.append((torch.tensor([word[1] - 1 + s], device=flat.device), onset[0] + s, onset[1] + s, s))
-            to_word.append((queries, word[0] + s, word[1] + s, s))
-        if not to_onset:
+            for g in grounds:
+                span = getattr(g, key)
+                # logit at p predicts p + 1: the answer's tokens [lo, hi) are predicted from [lo - 1, hi - 1)
+                queries = flat[(flat >= s + g.answer[0] - 1) & (flat < s + g.answer[1] - 1)]
+                if span is not None and queries.numel():
+                    targets.append((queries, span[0] + s, span[1] + s, s))
+        return targets
+
+    def _answer_probes(self, batch: dict, flat: torch.Tensor) -> list:
+        """Answer grounding: the answer looks at the onset (grounding layer) and at the event's name (label layer)."""
+        probes = []
+        for attn, key in ((self._ground_attn, "onset"), (self._label_attn, "word")):
+            targets = self._probe_targets(batch, flat, key) if attn is not None else []
+            if targets:
+                probes.append((attn, GroundingProbe(self.cfg.optim.grounding_heads, targets)))
+        return probes
+
+    def _word_probes(self, batch: dict, flat: torch.Tensor) -> list:
+        """Word grounding: each grounded answer's event word (its last token) looks at the onset tokens in
+        the label layer, and the answer's positions look at that word in the grounding layer."""
+        starts = batch["cu_seqlens"].tolist()
+        to_onset = [(torch.tensor([g.word[1] - 1 + starts[i]], device=flat.device), g.onset[0] + starts[i],
+                     g.onset[1] + starts[i], starts[i])
+                    for i, grounds in enumerate(batch.get("grounds") or []) for g in grounds if g.word is not None]
+        to_word = self._probe_targets(batch, flat, "word")
+        if not to_onset or not to_word:
             return []
         heads = self.cfg.optim.grounding_heads
         return [(self._label_attn, GroundingProbe(heads, to_onset)), (self._ground_attn, GroundingProbe(heads, to_word))]
@@ -317,8 +319,7 @@ class Trainer:
             width = min(self.cfg.data.token_budget, -(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
             batch = collate_packed(group, width, self.processor.pad_token_id, shared_prefix=shared)
             batch["families"] = [s.family or "unknown" for s in group]
-            batch["ground"] = [s.ground for s in group]
-            batch["ground_label"] = [s.ground_label for s in group]
+            batch["grounds"] = [s.grounds for s in group]
             batches.append(batch)
         return batches
 
@@ -347,13 +348,8 @@ class Trainer:
         seg = self._segments(batch, flat, row)  # the packed sample of each labelled logit
         probes = []  # (attention module, probe) of this packed row; the first one's loss is reported
         if self._ground_attn is not None and ids.shape[0] == 1:
-            if self.cfg.optim.grounding_mode == "word":
-                probes = self._word_probes(batch, flat, seg)
-            else:
-                for attn, key in ((self._ground_attn, "ground"), (self._label_attn, "ground_label")):
-                    probe = self._grounding_probe(batch, flat, seg, key) if attn is not None else None
-                    if probe is not None:
-                        probes.append((attn, probe))
+            word = self.cfg.optim.grounding_mode == "word"
+            probes = self._word_probes(batch, flat) if word else self._answer_probes(batch, flat)
         with self._autocast(), contextlib.ExitStack() as hooks:
             for attn, probe in probes:
                 hooks.enter_context(probe_attention(attn, probe))
@@ -364,6 +360,7 @@ class Trainer:
                              input_features=batch.get("input_features"),
                              input_features_mask=batch.get("input_features_mask"),
                              logits_index=logits_index)
+            hooks.close()  # the probes and the prefix backend are for this forward only, not the reads' below
             token_nll = F.cross_entropy(out.logits.float(), target[flat], reduction="none")
             nll = token_nll.sum()
             if self.cfg.optim.loss_norm == "sample":  # denom counts samples: weigh each token by 1 / its sample's labels

@@ -14,8 +14,9 @@ frozen encoder): from a nano model whose LLM is still random, 100 steps of 64 re
 held-out token's time within 0.47 s (median), 200 steps within 0.20 s. Kept going beside the grounding
 loss on 10-60-s onset clips, the reads stay at 0.24-0.5 s while the grounded head puts ~95 % of its
 attention on the asked onset, yet the onset answers themselves stay near guessing: reading a lone
-token does not by itself teach the answer to read the tokens the grounded head found. The recipe
-therefore leaves this off; it is here for experiments on that last step (see the README).
+token does not by itself teach the answer to read the tokens the grounded head found. Beside word
+grounding (``optim.grounding_mode = "word"``) they are part of the nano onset stage
+(configs/nano/stage0_onset.toml, weight 0.2); the default speedrun stages leave them off.
 
 The audio embeddings keep their graph, so the reads' gradient reaches the adapter and the encoder too.
 A token's time is its index within its audio's run of placeholders times 40 ms: every window but an
@@ -53,8 +54,8 @@ def token_times(input_ids: torch.Tensor, audio_id: int) -> torch.Tensor:
 class TimeReads:
     """Builds read samples for one processor (its chat template around a one-token audio)."""
 
-    def __init__(self, processor: Processor, audio_id: int):
-        sample = encode_sample(processor, [{"from": "human", "value": "<sound>\n" + QUESTION},
+    def __init__(self, processor: Processor, audio_id: int, question: str = QUESTION):
+        sample = encode_sample(processor, [{"from": "human", "value": "<sound>\n" + question},
                                            {"from": "gpt", "value": "0.0s"}],
                                [np.zeros(ONE_TOKEN_SAMPLES, np.float32)], StageCaps(max_audio_s=1.0, max_tokens=4096))
         if int((sample.input_ids == audio_id).sum()) != 1:
