@@ -113,17 +113,27 @@ class _Const(torch.nn.Module):
         return self.value
 
 
-def _onset_corpus(root):
-    """The trainer-test corpus with its audio rows turned into grounded onset questions."""
+def _onset_corpus(root, task="event_onset", labels=None, conversations=None):
+    """The trainer-test corpus with its audio rows turned into grounded onset questions: by default one
+    unnamed onset at 0.5 s; else ``task``, ``labels`` and, when given, the whole ``conversations``."""
     registry = th.make_corpus(root)
     manifest = root / "train.jsonl"
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     for r in rows:
         if "sound" in r:
-            r.update(task="event_onset", labels={"onset_s": 0.5})
-            r["conversations"][1]["value"] = "0.5s"
+            r.update(task=task, labels=labels or {"onset_s": 0.5})
+            if conversations:
+                r["conversations"] = conversations
+            else:
+                r["conversations"][1]["value"] = "0.5s"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return registry
+
+
+def _labelled(batch):
+    """Flat positions of a packed row whose next token is labelled (the trainer's query positions)."""
+    target = batch["labels"][:, 1:].reshape(-1)
+    return torch.nonzero(target != -100).squeeze(1)
 
 
 def test_trainer_grounds_onset_samples_and_reports_the_loss(tmp_path, tiny_dirs):
@@ -183,15 +193,9 @@ def test_word_grounding_sends_the_event_word_to_the_onset_and_the_answer_to_the_
     from afnext.train.config import TrainConfig, TrainConfigError
     from afnext.train.loop import Trainer
 
-    registry = th.make_corpus(tmp_path / "data")
-    manifest = tmp_path / "data" / "train.jsonl"
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    for r in rows:
-        if "sound" in r:
-            r.update(task="event_onset", labels={"onset_s": 0.5, "target": "siren"})
-            r["conversations"][0]["value"] = "<sound>\nWhen does the siren start?"
-            r["conversations"][1]["value"] = "0.5s"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    registry = _onset_corpus(tmp_path / "data", labels={"onset_s": 0.5, "target": "siren"},
+                             conversations=[{"from": "human", "value": "<sound>\nWhen does the siren start?"},
+                                            {"from": "gpt", "value": "0.5s"}])
     cfg = th.write_config(tmp_path / "w.toml", registry=registry, processor=tiny_dirs["afnext"],
                           out_dir=tmp_path / "run", max_steps=1)
     with pytest.raises(TrainConfigError, match="optim.grounding_mode = 'word' needs optim.grounding_label_layer >= 0"):
@@ -207,10 +211,7 @@ def test_word_grounding_sends_the_event_word_to_the_onset_and_the_answer_to_the_
     for s in samples:
         assert s.input_ids[s.grounds[0].word[0]: s.grounds[0].word[1]].tolist() == word
     batch = trainer._micro_batches(samples[:1])[0]
-    ids = batch["input_ids"]
-    target = batch["labels"][:, 1:].reshape(-1)
-    flat = torch.nonzero(target != -100).squeeze(1)
-    probes = trainer._word_probes(batch, flat)
+    probes = trainer._word_probes(batch, _labelled(batch))
     (layer0, to_onset), (layer1, to_word) = probes
     assert layer0 is trainer.model.llm.layers[0].self_attn and layer1 is trainer.model.llm.layers[1].self_attn
     (g,) = samples[0].grounds
@@ -232,18 +233,12 @@ def test_word_grounding_grounds_every_answer_of_a_multi_turn_conversation(tmp_pa
     from afnext.train.config import TrainConfig
     from afnext.train.loop import Trainer
 
-    registry = th.make_corpus(tmp_path / "data")
-    manifest = tmp_path / "data" / "train.jsonl"
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    for r in rows:
-        if "sound" in r:
-            r.update(task="event_onset_all", labels={"asked": [{"label": "siren", "onset_s": 1.0},
-                                                                {"label": "bell", "onset_s": 0.2}]})
-            r["conversations"] = [{"from": "human", "value": "<sound>\nWhen does the siren start?"},
-                                  {"from": "gpt", "value": "1.0s"},
-                                  {"from": "human", "value": "When does the bell start?"},
-                                  {"from": "gpt", "value": "0.2s"}]
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    registry = _onset_corpus(tmp_path / "data", "event_onset_all",
+                             {"asked": [{"label": "siren", "onset_s": 1.0}, {"label": "bell", "onset_s": 0.2}]},
+                             [{"from": "human", "value": "<sound>\nWhen does the siren start?"},
+                              {"from": "gpt", "value": "1.0s"},
+                              {"from": "human", "value": "When does the bell start?"},
+                              {"from": "gpt", "value": "0.2s"}])
     cfg = th.write_config(tmp_path / "w.toml", registry=registry, processor=tiny_dirs["afnext"],
                           out_dir=tmp_path / "run", max_steps=1)
     trainer = Trainer(TrainConfig.load(cfg, ["optim.grounding_weight=1.0", "optim.grounding_layer=1",
@@ -265,9 +260,7 @@ def test_word_grounding_grounds_every_answer_of_a_multi_turn_conversation(tmp_pa
         assert tok.decode(s.input_ids[bell.answer[0]: bell.answer[1]]).startswith("0.2s")
     batch = trainer._micro_batches(samples[:2])[0]
     starts = batch["cu_seqlens"].tolist()
-    target = batch["labels"][:, 1:].reshape(-1)
-    flat = torch.nonzero(target != -100).squeeze(1)
-    (_, to_onset), (_, to_word) = trainer._word_probes(batch, flat)
+    (_, to_onset), (_, to_word) = trainer._word_probes(batch, _labelled(batch))
     packed = [(g, starts[i]) for i, s in enumerate(samples[:2]) for g in s.grounds]
     assert len(to_onset.targets) == len(to_word.targets) == len(packed) == 4
     for (g, s0), (q, lo, hi, start), (qw, wlo, whi, wstart) in zip(packed, to_onset.targets, to_word.targets):
