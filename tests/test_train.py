@@ -457,8 +457,10 @@ SHIPPED_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in [*(REPO / "conf
 def test_shipped_configs_load(name):
     """Every stage file in configs/ and experiments/ passes validation (a misspelt key in a file nothing
     else loads would otherwise surface only when a user runs it); a stage file is named after its stage."""
+    from afnext import speedrun as sr
     from afnext.train.config import TrainConfig
 
+    assert {f"configs/nano/{s}.toml" for s in sr.stages(onset=True)} <= set(SHIPPED_CONFIGS)  # the glob found them
     cfg = TrainConfig.load(REPO / name)
     assert cfg.optim.max_steps >= 1
     if name.startswith("configs/"):
