@@ -19,8 +19,9 @@ Steps, each timed:
    ``pretrain1`` (adapter only, audio <= 30 s), ``pretrain2`` (encoder + adapter, <= 1 min),
    ``midtrain1`` (everything, <= 10 min) and ``midtrain2`` (everything, <= 30 min, the midtrain1
    mixture at half weight plus long audio), each starting from the previous stage's export. On a
-   machine too slow to finish within ``BUDGET_S`` (30 min), stage 0b runs fewer steps
-   (``fit_stage0_steps``); ``speedrun.json`` records how many.
+   machine too slow to finish within ``BUDGET_S`` (30 min), stage 0b runs fewer steps: a first plan
+   from stage 0a's speed (``fit_stage0_steps``), re-planned from stage 0b's own step times as it runs
+   (``StageDeadline``); ``speedrun.json`` records how many ran.
 4. export: the last stage's ``final/`` is an HF-format checkpoint (``afnext ask --model`` and
    transformers' MusicFlamingo load it).
 5. eval: ``afnext.eval.synthetic`` on the held-out items: multiple-choice accuracy, digit/word ASR WER
@@ -74,11 +75,12 @@ SEED = 0
 BUDGET_S = 30 * 60
 BUDGET_MARGIN_S = 60  # seconds kept in hand for the estimate's error
 # Stage 0b step time over stage 0a step time (stage 0a's includes its start-up): 0.376 / 0.398 s
-# (2026-12-04), 0.547 / 0.558 s (2026-12-05); the larger is used.
+# (2026-12-04), 0.547 / 0.558 s (2026-12-05), 0.879 / 0.677 s (2026-12-06). It only sets stage 0b's
+# first plan: StageDeadline then re-plans from stage 0b's own step times.
 STAGE0_PER_ENCODER_STEP = 0.98
 # Seconds of everything after stage 0b (pretrain1 .. midtrain2, eval) per second of stage 0a: 197 / 199 s
-# (2026-12-04), 279 / 279 s (2026-12-05).
-AFTER_STAGE0_PER_ENCODER_S = 1.0
+# (2026-12-04), 279 / 279 s (2026-12-05), 384 / 338 s (2026-12-06); the largest ratio is used.
+AFTER_STAGE0_PER_ENCODER_S = 1.15
 # ONSET_STAGE's step time over stage 0a's: 1.15 / 0.446 s (2026-12-06).
 ONSET_PER_ENCODER_STEP = 2.6
 MIN_STAGE0_FRACTION = 0.5  # never fewer than this share of the configured steps: past it, report the overrun
@@ -176,13 +178,44 @@ def fit_stage0_steps(configured: int, *, elapsed_s: float, encoder_s: float, enc
     return max(min(configured, fit), math.ceil(MIN_STAGE0_FRACTION * configured))
 
 
+class StageDeadline:
+    """Keeps stage 0b inside the budget from its own measured speed: every ``every`` steps from step
+    ``first`` on, the mean step time of the last ``window`` steps predicts how many steps still fit
+    before ``deadline`` (a ``time.perf_counter()`` reading), and the trainer's total is set to that,
+    between ``floor`` and ``ceiling`` steps. The first plan (``fit_stage0_steps``) comes from stage 0a's
+    speed, whose ratio to stage 0b's varied 0.94-1.31 across machines; this corrects it while the
+    cosine has most of its course ahead."""
+
+    def __init__(self, deadline: float, *, floor: int, ceiling: int, first: int = 30, every: int = 50,
+                 window: int = 100, clock=time.perf_counter):
+        self.deadline, self.floor, self.ceiling = deadline, floor, ceiling
+        self.first, self.every, self.window, self.clock = first, every, window, clock
+        self.step_s: list[float] = []
+        self.plans: list[tuple[int, int]] = []  # (at step, new total) of each change
+
+    def __call__(self, trainer, record: dict) -> None:
+        self.step_s.append(float(record["step_s"]))
+        step = int(record["step"])
+        if step < self.first or (step - self.first) % self.every:
+            return
+        recent = self.step_s[-self.window:]
+        per_step = max(sum(recent) / len(recent), 1e-6)
+        left_s = self.deadline - self.clock()
+        fit = step + (math.floor(left_s / per_step) if left_s > 0 else 0)
+        total = max(self.floor, min(self.ceiling, fit), step)
+        if total != trainer.cfg.optim.max_steps:
+            trainer.set_max_steps(total)
+            self.plans.append((step, total))
+
+
 def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, timer: PhaseTimer,
                  steps_scale: float = 1.0, overrides: list[str] = (), progress: bool = True, log=print,
                  budget_s: float | None = None, started: float | None = None,
                  stage0_steps: int | None = None, onset: bool = False) -> tuple[Path, int]:
     """Run every stage; returns the last export and the steps stage 0b ran. ``stage0_steps`` forces that
-    count; else, with ``budget_s``, ``fit_stage0_steps`` may lower it (``started``: the run's start, a
-    ``time.perf_counter()`` reading). ``onset`` adds ``ONSET_STAGE`` after stage 0b."""
+    count; else, with ``budget_s``, ``fit_stage0_steps`` may lower it and ``StageDeadline`` re-plans it
+    while stage 0b runs (``started``: the run's start, a ``time.perf_counter()`` reading). ``onset``
+    adds ``ONSET_STAGE`` after stage 0b."""
     from afnext.train.config import TrainConfig
     from afnext.train.loop import Trainer
 
@@ -197,12 +230,11 @@ def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, 
         if steps_scale != 1.0:
             cfg.optim.max_steps = max(1, round(cfg.optim.max_steps * steps_scale))
         if stage == "stage0":
-            configured = cfg.optim.max_steps
+            configured, extra_s = cfg.optim.max_steps, 0.0
             if stage0_steps is not None:
                 cfg.optim.max_steps = stage0_steps
             elif budget_s:
                 encoder_s, encoder_steps = timer.seconds.get("stage0_encoder", 0.0), steps.get("stage0_encoder", 0)
-                extra_s = 0.0
                 if onset and encoder_steps:
                     onset_steps = TrainConfig.load(CONFIG_DIR / f"{ONSET_STAGE}.toml").optim.max_steps * steps_scale
                     extra_s = ONSET_PER_ENCODER_STEP * onset_steps * encoder_s / encoder_steps
@@ -212,14 +244,23 @@ def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, 
                 if cfg.optim.max_steps < configured:
                     log(f"stage0: {cfg.optim.max_steps} of its {configured} steps, to end within {budget_s / 60:g} min "
                         f"on this machine (stage 0a: {timer.seconds['stage0_encoder']:.0f} s; --budget-min 0 runs them all)")
-        steps[stage] = cfg.optim.max_steps
+        deadline = None
+        if stage == "stage0" and stage0_steps is None and budget_s:
+            after_s = AFTER_STAGE0_PER_ENCODER_S * timer.seconds.get("stage0_encoder", 0.0) + extra_s
+            deadline = StageDeadline((started or time.perf_counter()) + budget_s - BUDGET_MARGIN_S - after_s,
+                                     floor=math.ceil(MIN_STAGE0_FRACTION * configured), ceiling=configured)
         t0 = time.perf_counter()
         if cfg.run.objective == "encoder":
             from afnext.train.encoder_pretrain import EncoderPretrainer
 
             final = timer.run(stage, lambda: EncoderPretrainer(cfg, progress=progress).fit())
         else:
-            final = timer.run(stage, lambda: Trainer(cfg, progress=progress).fit())
+            final = timer.run(stage, lambda: Trainer(cfg, progress=progress).fit(on_step=deadline))
+            if deadline is not None and deadline.plans:
+                (a, first), n = deadline.plans[0], len(deadline.plans)
+                log(f"stage0: re-planned from its own step times {n} time(s), first at step {a} ({first} steps), "
+                    f"ran {cfg.optim.max_steps}")
+        steps[stage] = cfg.optim.max_steps
         trains = "encoder + tagging/CTC heads" if cfg.run.objective == "encoder" else \
             ", ".join(f"{g} {p}" for g, p in cfg.optim.freeze.items())
         log(f"{stage}: {cfg.optim.max_steps} steps ({trains}), audio <= {cfg.data.max_audio_s:g} s "

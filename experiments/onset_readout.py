@@ -257,7 +257,6 @@ def drill_batch(model: AFNext, clips: list[Clip], distractors: int, rng: random.
     return ids, labels, torch.cat([e for _, _, e in rows])
 
 
-@torch.no_grad()
 class WordReads:
     """Reads asked by the event's name: one onset token of a training clip's event alone, the question
     "When does the <its class> start?", answered with that token's time, and the two word-grounding

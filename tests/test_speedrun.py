@@ -188,6 +188,71 @@ def test_stage0_steps_fit_the_budget():
     assert sr.fit_stage0_steps(2650, **slow, extra_s=100.0) == int((left - 100.0) // step_s)
 
 
+class _PlannedTrainer:
+    """What StageDeadline touches of a Trainer: the configured total and the re-plan call."""
+
+    def __init__(self, total):
+        self.cfg = type("C", (), {"optim": type("O", (), {"max_steps": total})()})()
+        self.calls = []
+
+    def set_max_steps(self, steps):
+        self.calls.append(steps)
+        self.cfg.optim.max_steps = steps
+
+
+def test_stage_deadline_replans_stage0_from_its_own_step_times():
+    now = [0.0]
+    plan = sr.StageDeadline(500.0, floor=100, ceiling=1000, first=30, every=50, window=100, clock=lambda: now[0])
+    trainer = _PlannedTrainer(1000)
+
+    def run_steps(first, last, step_s):
+        for step in range(first, last + 1):
+            now[0] += step_s
+            plan(trainer, {"step": step, "step_s": step_s})
+
+    run_steps(1, 29, 1.0)
+    assert trainer.calls == []  # nothing before step 30
+    run_steps(30, 30, 1.0)  # 470 s left at 1 s a step: 470 more steps
+    assert trainer.calls == [500] and plan.plans == [(30, 500)]
+    run_steps(31, 79, 1.0)
+    assert trainer.calls == [500]  # on plan: no change at step 80 either
+    run_steps(80, 80, 1.0)
+    assert trainer.calls == [500]
+    run_steps(81, 130, 2.0)  # the machine slows down: the last 100 steps average 1.5 s
+    left = 500.0 - now[0]
+    assert trainer.calls[-1] == 130 + int(left // 1.5) < 500
+    # a deadline already past: the floor, and never below the steps already run
+    late = sr.StageDeadline(0.0, floor=100, ceiling=1000, first=30, clock=lambda: 10_000.0)
+    t = _PlannedTrainer(1000)
+    late(t, {"step": 30, "step_s": 1.0})
+    assert t.calls == [100]
+    late.first = 230
+    late(t, {"step": 230, "step_s": 1.0})
+    assert t.calls == [100, 230]
+    # a fast machine: never above the configured steps
+    fast = sr.StageDeadline(1e9, floor=100, ceiling=1000, first=30, clock=lambda: 0.0)
+    t = _PlannedTrainer(900)  # the first plan (from stage 0a) was too cautious
+    fast(t, {"step": 30, "step_s": 0.1})
+    assert t.calls == [1000]
+
+
+def test_stage_deadline_stops_a_real_trainer_at_its_plan(tmp_path, tiny_dirs):
+    """Wired into ``Trainer.fit``: a deadline already past re-plans the run to its floor at step
+    ``first``, and the trainer stops there."""
+    import train_helpers as th
+    from afnext.train.config import TrainConfig
+    from afnext.train.loop import Trainer
+
+    registry = th.make_corpus(tmp_path / "data")
+    cfg = th.write_config(tmp_path / "r.toml", registry=registry, processor=tiny_dirs["afnext"],
+                          out_dir=tmp_path / "run", max_steps=8)
+    trainer = Trainer(TrainConfig.load(cfg), progress=False)
+    plan = sr.StageDeadline(float("-inf"), floor=3, ceiling=8, first=2, every=1)
+    trainer.fit(on_step=plan)
+    assert trainer.step == 3 and plan.plans == [(2, 3)]
+    assert [r["step"] for r in th.metrics(tmp_path / "run")] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--budget-min", "-1"], "--budget-min must be a number of minutes >= 0, got -1.0"),
     (["--budget-min", "nan"], "--budget-min must be a number of minutes >= 0, got nan"),

@@ -517,3 +517,35 @@ def test_missing_audio_row_is_skipped_and_reported(jobs):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_a_run_replanned_mid_run_stops_at_the_new_total_and_records_it(tmp_path, tiny_dirs):
+    """``Trainer.set_max_steps`` (the speedrun's wall-time re-plan): the run ends at the new total, the
+    learning rate follows the warm-up and cosine of the new total from then on, and the run directory's
+    config says the total it ran."""
+    import json
+
+    from afnext.train.config import TrainConfig
+    from afnext.train.groups import lr_factor
+    from afnext.train.loop import Trainer, TrainError
+
+    registry = th.make_corpus(tmp_path / "data")
+    cfg = th.write_config(tmp_path / "r.toml", registry=registry, processor=tiny_dirs["afnext"],
+                          out_dir=tmp_path / "run", max_steps=6)
+    trainer = Trainer(TrainConfig.load(cfg), progress=False)
+    peak = trainer.cfg.optim.lr["llm"]
+    records = []
+
+    def replan(t, record):
+        records.append(record)
+        if record["step"] == 2:
+            t.set_max_steps(4)
+            with pytest.raises(TrainError, match="max_steps=1 is below the 2 steps already run"):
+                t.set_max_steps(1)
+
+    trainer.fit(on_step=replan)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    o = trainer.cfg.optim
+    for r in records[2:]:  # the step's lr is set before it runs, from the step count before it
+        assert r["lr"]["llm"] == pytest.approx(peak * lr_factor(r["step"] - 1, 4, o.warmup_ratio, o.min_lr_ratio))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["max_steps"] == 4

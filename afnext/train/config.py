@@ -106,6 +106,9 @@ class OptimConfig:
     # alone; their mean answer NLL is added to each step's loss times read_weight. 0 turns them off.
     read_batch: int = 0
     read_weight: float = 1.0
+    # Reads ask the onset questions about a named event and carry the word-grounding probes (word -> the
+    # read's audio token -> answer), the circuit the onset answers use; needs grounding_mode "word".
+    read_event_words: bool = False
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -225,6 +228,9 @@ class TrainConfig:
             raise TrainConfigError(f"{source}: optim.read_batch must be >= 0, got {o.read_batch!r}")
         if not (math.isfinite(o.read_weight) and o.read_weight >= 0):
             raise TrainConfigError(f"{source}: optim.read_weight must be a finite number >= 0, got {o.read_weight!r}")
+        if o.read_event_words and not (o.read_batch and o.grounding_weight and o.grounding_mode == "word"):
+            raise TrainConfigError(f"{source}: optim.read_event_words needs optim.read_batch > 0 and word grounding "
+                                   "(optim.grounding_weight > 0, optim.grounding_mode = 'word')")
         if o.read_batch and self.system.sp_ulysses * self.system.sp_ring > 1:
             raise TrainConfigError(f"{source}: optim.read_batch is not supported with sequence parallelism "
                                    f"(sp_ulysses x sp_ring > 1)")

@@ -149,10 +149,10 @@ def grounding_span(input_ids: torch.Tensor, audio_token_id: int, onset_s: float,
 class GroundingProbe:
     """Collects, for one forward pass, ``-log`` attention mass of ``heads`` on each target span.
 
-    ``targets``: (queries, lo, hi, start) per grounded sample of the packed row: the positions whose
-    attention is supervised (1-D long tensor), the target span [lo, hi) and the sample's first
-    position (keys before it belong to another sample). After the forward, ``losses`` holds one
-    scalar per target: the mean over its queries and the heads of -log(mass)."""
+    ``targets``: (queries, lo, hi, start[, row]) per grounded sample: the positions whose attention is
+    supervised (1-D long tensor), the target span [lo, hi), the sample's first position (keys before it
+    belong to another sample of a packed row) and the batch row (0 when left out). After the forward,
+    ``losses`` holds one scalar per target: the mean over its queries and the heads of -log(mass)."""
 
     def __init__(self, heads: list[int], targets: list[tuple[torch.Tensor, int, int, int]]):
         self.heads = list(heads)
@@ -164,12 +164,14 @@ class GroundingProbe:
         d = module.head_dim
         heads = torch.tensor(self.heads, device=x.device)
         kv_heads = heads // (module.heads // module.kv_heads)  # grouped-query attention: each head's key head
-        for queries, lo, hi, start in self.targets:
+        for queries, lo, hi, start, *row in self.targets:
+            r = row[0] if row else 0
+            rc = r if cos.shape[0] > 1 else 0  # positions shared by every row, or one set per row
             end = int(queries.max()) + 1
-            q = module.q_proj(x[0, queries]).view(-1, module.heads, d)[:, heads].transpose(0, 1)  # (h, n, d)
-            k = module.k_proj(x[0, start:end]).view(-1, module.kv_heads, d)[:, kv_heads].transpose(0, 1)
-            q = apply_rope(q[None], cos[:, queries], sin[:, queries])[0]
-            k = apply_rope(k[None], cos[:, start:end], sin[:, start:end])[0]
+            q = module.q_proj(x[r, queries]).view(-1, module.heads, d)[:, heads].transpose(0, 1)  # (h, n, d)
+            k = module.k_proj(x[r, start:end]).view(-1, module.kv_heads, d)[:, kv_heads].transpose(0, 1)
+            q = apply_rope(q[None], cos[rc: rc + 1, queries], sin[rc: rc + 1, queries])[0]
+            k = apply_rope(k[None], cos[rc: rc + 1, start:end], sin[rc: rc + 1, start:end])[0]
             scores = (q.float() @ k.float().transpose(1, 2)) / math.sqrt(d)  # (h, n, keys)
             keys = torch.arange(start, end, device=scores.device)
             scores = scores.masked_fill(keys[None, None, :] > queries[None, :, None].to(scores.device), float("-inf"))

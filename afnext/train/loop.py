@@ -51,7 +51,7 @@ from afnext.train.grounding import GroundingProbe, asked_events, ground_sample, 
 from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
 from afnext.train.metrics import MetricsLogger
 from afnext.train.prefix_sharing import BACKEND as PREFIX_BACKEND, shared_prefix_length
-from afnext.train.reads import TimeReads
+from afnext.train.reads import ReadGrounding, TimeReads
 
 PAD_MULTIPLE = 64  # packed micro-batches are trimmed to their content, rounded up to this many tokens
 
@@ -194,8 +194,11 @@ class Trainer:
         self._ground_acc = [0.0, 0]  # this step's grounding loss sum and grounded-sample count
         if cfg.optim.read_batch and self.world > 1:
             raise TrainError("optim.read_batch is single-process only for now: its second forward under FSDP is untested")
-        self._reads = TimeReads(self.processor, self.model.config.audio_token_id) if cfg.optim.read_batch else None
-        self._read_acc = [0.0, 0]  # this step's read loss sum and micro-batch count
+        self._reads = TimeReads(self.processor, self.model.config.audio_token_id, event_words=cfg.optim.read_event_words) \
+            if cfg.optim.read_batch else None
+        self._read_grounding = ReadGrounding(self._label_attn, self._ground_attn, cfg.optim.grounding_heads) \
+            if cfg.optim.read_event_words else None
+        self._read_acc = [0.0, 0, 0.0]  # this step's read loss sum, micro-batch count, read grounding sum
         self._n_micro, self._micro_index = 1, 0
 
         # Sequence parallelism: each SP group (ulysses x ring ranks) shares one data-parallel slot and
@@ -377,11 +380,13 @@ class Trainer:
                         self._ground_acc[1] += ground.numel()
             if self._reads is not None and "input_features" in batch:
                 gen = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.step * 1009 + self._micro_index)
-                read = self._reads.loss(self.model, ids, out.audio_embeds, self.cfg.optim.read_batch, gen)
+                read = self._reads.loss(self.model, ids, out.audio_embeds, self.cfg.optim.read_batch, gen, self._read_grounding)
                 if read is not None:
-                    loss = loss + self.cfg.optim.read_weight * read / self._n_micro
+                    read, read_ground = read
+                    loss = loss + self.cfg.optim.read_weight * (read + self.cfg.optim.grounding_weight * read_ground) / self._n_micro
                     self._read_acc[0] += float(read.detach())
                     self._read_acc[1] += 1
+                    self._read_acc[2] += float(read_ground.detach())
             if "input_features" not in batch:
                 loss = loss + self._ghost_encoder()
         loss.backward()
@@ -457,7 +462,7 @@ class Trainer:
         nll_sum = 0.0
         self._family_nll: dict[str, list] = {}
         self._ground_acc = [0.0, 0]
-        self._read_acc, self._n_micro = [0.0, 0], n_micro
+        self._read_acc, self._n_micro = [0.0, 0, 0.0], n_micro
         for self._micro_index, batch in enumerate(batches):
             nll, _ = self._micro_step(batch, max(denom, 1.0))
             nll_sum += nll
@@ -496,15 +501,21 @@ class Trainer:
             record["loss_ground"] = float(g[0] / g[1]) if g[1] else None
         if self._reads is not None:  # mean answer NLL of the time reads, per labelled token
             record["loss_read"] = self._read_acc[0] / self._read_acc[1] if self._read_acc[1] else None
+            if self._read_grounding is not None:  # the reads' -log attention mass (both probes), per micro-batch
+                record["loss_read_ground"] = self._read_acc[2] / self._read_acc[1] if self._read_acc[1] else None
         return record
 
     # ---- the run ---------------------------------------------------------------------------------
-    def fit(self) -> Path:
+    def fit(self, on_step=None) -> Path:
+        """Train to ``optim.max_steps``, save and export. ``on_step(trainer, record)`` runs after each
+        step's metrics are logged; it may change ``optim.max_steps`` (``set_max_steps``)."""
         cfg = self.cfg
         with self.metrics:
             while self.step < cfg.optim.max_steps:
                 record = self.train_step()
                 self.metrics.log(record)
+                if on_step is not None:
+                    on_step(self, record)
                 if cfg.system.save_every and self.step % cfg.system.save_every == 0 and self.step < cfg.optim.max_steps:
                     self.save()
         # Fix: `--resume` of a finished run used to save step N again, which deletes the checkpoint directory
@@ -512,6 +523,16 @@ class Trainer:
         if self.step != self.resumed_step:
             self.save()
         return self.export()
+
+    def set_max_steps(self, steps: int) -> None:
+        """Re-plan the run's length mid-run (a wall-time budget, ``afnext.speedrun``): the warm-up and
+        cosine follow the new total from the next step on; checkpoints and the export record it."""
+        if steps < max(1, self.step):
+            raise TrainError(f"max_steps={steps} is below the {self.step} steps already run")
+        self.cfg.optim.max_steps = steps
+        self.metrics.set_total(steps)
+        if self.rank == 0:  # what the run directory says it was configured with stays true
+            self.cfg.save(self.run_dir / "config.json")
 
     def save(self) -> Path:
         model_state, optim_state = self._full_state()

@@ -36,6 +36,11 @@ class MetricsLogger:
             self._progress.__exit__(*exc)
         return False
 
+    def set_total(self, steps: int) -> None:
+        self.total = steps
+        if self._progress is not None:
+            self._progress.update(self._task, total=steps)
+
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
