@@ -13,7 +13,7 @@ training clips with the model frozen, and reports on held-out clips: -log mass, 
 of the pointer's argmax token time and of its softmax-weighted mean time (what an attention average of
 the tokens' times would give).
 
-Measured 2026-12-06 (400 training clips, 100 held out, 40 epochs): the midtrain2 export of a
+Measured 2026-12-07 (400 training clips, 100 held out, 40 epochs): the midtrain2 export of a
 2,000-step speedrun, -log mass 1.81, argmax error 0.26 s, weighted-mean error 0.65 s; the stage 0a
 export (before the LLM stages trained the encoder further), 1.66, 0.12 s, 0.44 s. The trainer's
 word -> onset look-up on the same midtrain2 features plateaus at the same -log mass (~1.3-1.9 on

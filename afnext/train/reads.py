@@ -22,7 +22,7 @@ grounding (``optim.grounding_mode = "word"``) they are part of the nano onset st
 runs the word-grounding probes on it (the word's last token looks at the read's audio token in the
 label layer, the answer at the word in the grounding layer): the circuit the grounded onset answers
 use, with the finding made trivial, so that the cheap reads would train that circuit's reading. It did
-not pay, measured 2026-12-06 with experiments/posttrain_onset.toml from the same midtrain2 export (600
+not pay, measured 2026-12-07 with experiments/posttrain_onset.toml from the same midtrain2 export (600
 steps, 32 reads a step): onset answer loss 1.03 against 1.05 at steps 401-500, held-out onset error
 7.70 s against 8.75 s (5-15-s clips 1.25 against 1.55 s; n = 50 each, within run-to-run spread), MC
 91.3 against 90.0 %, WER 12.0 against 10.0 %. Its read probes fall below 0.1 nats within 50 steps
