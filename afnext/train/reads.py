@@ -82,6 +82,8 @@ class _Prompt:
     prefix: torch.Tensor  # the read's tokens before its answer, one audio placeholder among them
     audio: int  # the placeholder's position
     word: tuple[int, int] | None  # [lo, hi) of the event word, for event-word reads
+    close: torch.Tensor  # the end-of-turn tokens after the answer, labelled like any answer's
+    close_labels: torch.Tensor
 
 
 class TimeReads:
@@ -107,14 +109,12 @@ class TimeReads:
         if int((sample.input_ids == self.audio_id).sum()) != 1:
             raise ValueError("a 40-ms audio did not give exactly one audio token: time reads need it to")
         start = int((sample.labels != IGNORE_INDEX).nonzero()[0])
-        answer_len = len(self.encode("0.0s"))
-        self.close = sample.input_ids[start + answer_len:]  # the end-of-turn tokens, labelled like any answer's
-        self.close_labels = sample.labels[start + answer_len:]
+        end = start + len(self.encode("0.0s"))
         prefix = sample.input_ids[:start]
         word = word_span(prefix, self.encode(" " + noun), start) if noun else None
         if noun and word is None:
             raise ValueError(f"the event word {noun!r} is not found in its read question {question!r}")
-        return _Prompt(prefix, int((prefix == self.audio_id).nonzero()[0]), word)
+        return _Prompt(prefix, int((prefix == self.audio_id).nonzero()[0]), word, sample.input_ids[end:], sample.labels[end:])
 
     @property
     def prefix(self) -> torch.Tensor:
@@ -125,10 +125,10 @@ class TimeReads:
         each asks; the first by default); each row holds one audio placeholder."""
         rows = []
         for t, k in zip(times, prompts or [0] * len(times)):
-            prefix = self.prompts[k].prefix
+            p = self.prompts[k]
             answer = torch.tensor(self.encode(f"{t:.1f}s"))
-            rows.append((torch.cat([prefix, answer, self.close]),
-                         torch.cat([torch.full_like(prefix, IGNORE_INDEX), answer, self.close_labels])))
+            rows.append((torch.cat([p.prefix, answer, p.close]),
+                         torch.cat([torch.full_like(p.prefix, IGNORE_INDEX), answer, p.close_labels])))
         width = max(len(ids) for ids, _ in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
