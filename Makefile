@@ -32,8 +32,8 @@ speedrun: $(STAMP)
 speedrun-ablation: $(STAMP)
 	$(BIN)/afnext speedrun --ablation
 
-speedrun-onset: $(STAMP)  # + the onset stage, every stage-0b step (~40 min on 2 cores: over the 30-min budget)
-	$(BIN)/afnext speedrun --onset --budget-min 0
+speedrun-onset: $(STAMP)  # the speedrun, then onset post-training and its figures (~60-105 min on 2 cores)
+	$(BIN)/afnext speedrun --onset
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"

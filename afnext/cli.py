@@ -340,8 +340,8 @@ def speedrun(
                                               "machine stage 0b runs fewer steps to end within it; 0: all its steps")] = 30.0,
     stage0_steps: Annotated[Optional[int], typer.Option("--stage0-steps", help="Stage 0b steps, overriding the config "
                                                         "and the budget (to repeat a run made on another machine)")] = None,
-    onset: Annotated[bool, typer.Option("--onset", help="Add the onset stage after stage 0b (configs/nano/"
-                                        "stage0_onset.toml; ~+12 min on 2 cores, and stage 0b is fitted to the rest)")] = False,
+    onset: Annotated[bool, typer.Option("--onset", help="After the scored recipe, onset post-training (configs/nano/"
+                                        "posttrain.toml, 1,800 steps: ~30-75 min more on 2 cores), scored again")] = False,
 ) -> None:
     """Train a nano AF-Next from nothing on synthetic audio (corpus, tokenizer, stage 0 + 4 stages), then evaluate it."""
     from afnext import speedrun as sr

@@ -59,7 +59,7 @@ def test_every_stage_runs_and_exports(toy):
     out, summary, logs, _ = toy
     run_dir = out / "rote"
     ran = sr.stages(onset=True)
-    assert ran == ("stage0_encoder", "stage0", "stage0_onset", "pretrain1", "pretrain2", "midtrain1", "midtrain2")
+    assert ran == ("stage0_encoder", "stage0", "pretrain1", "pretrain2", "midtrain1", "midtrain2", "posttrain")
     assert summary["onset_stage"] is True
     for stage in ran:
         cfg = json.loads((run_dir / stage / "config.json").read_text())
@@ -69,10 +69,19 @@ def test_every_stage_runs_and_exports(toy):
     # each stage starts from the previous one's export
     inits = [json.loads((run_dir / s / "config.json").read_text())["run"]["init"] for s in ran]
     assert inits == ["scratch"] + [str(run_dir / s) for s in ran[:-1]]
-    assert summary["model"] == str(run_dir / "midtrain2" / "final")
-    assert set(summary["seconds"]) == {"corpus", *ran, "eval"}
-    onset = json.loads((run_dir / "stage0_onset" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert onset["loss_ground"] is not None and onset["loss_read"] is not None  # word grounding and reads ran
+    assert summary["model"] == str(run_dir / "posttrain" / "final")
+    assert set(summary["seconds"]) == {"corpus", *ran, "eval", "eval_posttrain"}
+    # the recipe's export is scored before the post-training, and that score is kept
+    within = summary["within_budget"]
+    assert within["model"] == str(run_dir / "midtrain2" / "final") and within["total_s"] < summary["total_s"]
+    assert set(within["headline"]) == set(summary["headline"])
+    assert json.loads((run_dir / "eval_report.json").read_text())["headline"] == within["headline"]
+    assert json.loads((run_dir / "posttrain" / "eval_report.json").read_text())["headline"] == summary["headline"]
+    post_cfg = json.loads((run_dir / "posttrain" / "config.json").read_text())
+    assert post_cfg["optim"]["cycles"] == 3
+    onset = [json.loads(line) for line in (run_dir / "posttrain" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["loss_ground"] is not None for r in onset)  # word grounding ran
+    assert any(r["loss_read"] is not None for r in onset)  # and time reads
     assert any(line.startswith("multiple-choice accuracy") for line in logs)
 
 
@@ -133,10 +142,10 @@ def test_freeze_policies_hold(toy):
     out, *_ = toy
     w = {s: _weights(out / "rote" / s) for s in sr.stages(onset=True)}
     assert _changed(w["stage0_encoder"], w["stage0"]) == {"encoder": True, "adapter": True, "llm": True}
-    assert _changed(w["stage0"], w["stage0_onset"]) == {"encoder": False, "adapter": True, "llm": True}
-    assert _changed(w["stage0_onset"], w["pretrain1"]) == {"encoder": False, "adapter": True, "llm": False}
+    assert _changed(w["stage0"], w["pretrain1"]) == {"encoder": False, "adapter": True, "llm": False}
     assert _changed(w["pretrain1"], w["pretrain2"]) == {"encoder": True, "adapter": True, "llm": False}
     assert _changed(w["pretrain2"], w["midtrain1"]) == {"encoder": True, "adapter": True, "llm": True}
+    assert _changed(w["midtrain2"], w["posttrain"]) == {"encoder": True, "adapter": True, "llm": True}
 
 
 def test_report_prints_each_figure_beside_chance(toy):

@@ -436,6 +436,7 @@ def test_config_errors(jobs, setup):
     ("data.audio_cache_gb=-2", "data.audio_cache_gb must be a finite number >= 0 (GiB), got -2"),
     ("data.audio_cache_gb=inf", "data.audio_cache_gb must be a finite number >= 0 (GiB), got inf"),
     ('data.share_prefix="yes"', "data.share_prefix must be a boolean"),
+    ("optim.cycles=0", "optim.cycles must be between 1 and optim.max_steps"),
 ])
 def test_config_validation(setup, override, message):
     """In process (cheap): every malformed value is a TrainConfigError naming the key, never a crash later."""
@@ -517,6 +518,21 @@ def test_missing_audio_row_is_skipped_and_reported(jobs):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_cosine_cycles_restart_the_warmup_and_cosine():
+    """``optim.cycles``: each cycle is the one-cycle schedule of its own length, the last taking the
+    remainder, exactly as if each were a separate run of that many steps."""
+    from afnext.train.groups import lr_factor
+
+    one = [lr_factor(s, 600, 0.05, 0.1) for s in range(600)]
+    three = [lr_factor(s, 1800, 0.05, 0.1, cycles=3) for s in range(1800)]
+    assert three == one * 3
+    assert three[0] == pytest.approx(1 / 30) and three[29] == 1.0 and three[599] == pytest.approx(0.1, abs=1e-5)
+    odd = [lr_factor(s, 7, 0.0, 0.0, cycles=2) for s in range(7)]  # cycles of 3 and 4 steps
+    assert odd[:3] == [lr_factor(s, 3, 0.0, 0.0) for s in range(3)]
+    assert odd[3:] == [lr_factor(s, 4, 0.0, 0.0) for s in range(4)]
+    assert [lr_factor(s, 10, 0.1, 0.0, cycles=1) for s in range(10)] == [lr_factor(s, 10, 0.1, 0.0) for s in range(10)]
 
 
 def test_a_run_replanned_mid_run_stops_at_the_new_total_and_records_it(tmp_path, tiny_dirs):

@@ -85,6 +85,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    # >1: the warm-up + cosine restarts this many times over max_steps (equal cycles; the optimizer's
+    # moments and the data order carry on), as if each cycle were a run continuing the previous one's export.
+    cycles: int = 1
     grad_clip: float = 1.0
     # "token": the batch's mean NLL over all labelled tokens (AF3's normalisation). "sample": each sample's
     # mean NLL, averaged over the batch's samples, so a one-word multiple-choice answer weighs as much as a
@@ -195,6 +198,8 @@ class TrainConfig:
             raise TrainConfigError(f"{source}: optim.max_steps must be >= 1")
         if not 0 <= o.warmup_ratio < 1:
             raise TrainConfigError(f"{source}: optim.warmup_ratio must be in [0, 1)")
+        if not 1 <= o.cycles <= o.max_steps:
+            raise TrainConfigError(f"{source}: optim.cycles must be between 1 and optim.max_steps ({o.max_steps})")
         if self.data.cap_policy not in ("drop", "truncate"):
             raise TrainConfigError(f"{source}: data.cap_policy must be 'drop' or 'truncate'")
         if self.data.max_tokens > self.data.token_budget:

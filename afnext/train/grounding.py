@@ -27,7 +27,7 @@ the answer positions look at that word (``grounding_layer``), so the found time 
 position one look-up from the answer. In ``experiments/onset_readout.py`` (``--word-grounding``) this
 was the first variant whose answers used what was found: held-out median onset error on 10-60-s clips
 1.00 s after 600 steps, where grounding the answer itself stayed at 5-8 s. In the trainer, on the
-multi-turn ``event_onset_all`` clips with the encoder frozen (configs/nano/stage0_onset.toml), 300
+multi-turn ``event_onset_all`` clips with the encoder frozen (experiments/stage0_onset.toml), 300
 steps of 4 clips from a stage-0b export that had learnt the finding (held-out 6.95 s by the readout's
 scoring) gave 1.15 s in `afnext eval synthetic` (grounding weight 0.3 and reads 0.2; at weights 1 and 1, 5.55 s: the
 summed per-answer terms then outweigh the answers).

@@ -116,8 +116,14 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=1e-8, foreach=False)
 
 
-def lr_factor(step: int, total: int, warmup_ratio: float, min_ratio: float) -> float:
-    """Linear warmup over ceil(warmup_ratio * total) steps, then cosine down to min_ratio."""
+def lr_factor(step: int, total: int, warmup_ratio: float, min_ratio: float, cycles: int = 1) -> float:
+    """Linear warmup over ceil(warmup_ratio * cycle) steps, then cosine down to min_ratio, where a cycle is
+    total / cycles steps: with ``cycles`` > 1 the schedule restarts (warm-up and cosine again) at each
+    cycle's start, the last cycle taking any remainder."""
+    if cycles > 1:
+        length = max(1, total // cycles)
+        cycle = min(step // length, cycles - 1)
+        step, total = step - cycle * length, (total - (cycles - 1) * length if cycle == cycles - 1 else length)
     warmup = math.ceil(warmup_ratio * total)
     if step < warmup:
         return (step + 1) / warmup

@@ -458,7 +458,7 @@ class Trainer:
         denom = n_labels if self.cfg.optim.loss_norm == "token" else float(counts[2]) / self.sp_size
         batches += [self._empty_batch() for _ in range(n_micro - len(batches))]
         set_lr(self.optimizer, lr_factor(self.step, self.cfg.optim.max_steps, self.cfg.optim.warmup_ratio,
-                                         self.cfg.optim.min_lr_ratio))
+                                         self.cfg.optim.min_lr_ratio, self.cfg.optim.cycles))
         nll_sum = 0.0
         self._family_nll: dict[str, list] = {}
         self._ground_acc = [0.0, 0]

@@ -16,7 +16,7 @@ loss on 10-60-s onset clips, the reads stay at 0.24-0.5 s while the grounded hea
 attention on the asked onset, yet the onset answers themselves stay near guessing: reading a lone
 token does not by itself teach the answer to read the tokens the grounded head found. Beside word
 grounding (``optim.grounding_mode = "word"``) they are part of the nano onset stage
-(configs/nano/stage0_onset.toml, weight 0.2); the default speedrun stages leave them off.
+(experiments/stage0_onset.toml, weight 0.2); the default speedrun stages leave them off.
 
 ``optim.read_event_words`` asks each read one of the onset questions about a named event instead, and
 runs the word-grounding probes on it (the word's last token looks at the read's audio token in the
