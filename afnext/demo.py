@@ -1,13 +1,14 @@
 """`python -m afnext.demo` (`make demo`): the nano AF-Next answers questions about example clips.
 
 The model is, in order of preference: ``examples/nano-afnext`` (a shipped nano checkpoint), the
-export of your last ``make speedrun`` (``runs/speedrun/rote/midtrain2/final``), or else a tiny random
+export of your last ``make speedrun-onset`` or ``make speedrun`` (``runs/speedrun/rote/posttrain/final``,
+``runs/speedrun/rote/midtrain2/final``), or else a tiny random
 checkpoint (answers are noise; the code path is the real one). The shipped checkpoint is the export of
-the speedrun measured in the README (8.8 MB): it answers the multiple-choice questions from the audio
-(99 % held-out) and transcribes with 26 % WER; its onset answers are well-formed times but not grounded
-(held-out error at chance). The clips in ``examples/clips`` are held-out
-items of the speedrun corpus: an event whose start time is asked (the answer is a timestamp), spoken
-digits, a spoken language, a sound. Each goes through the real command,
+the speedrun measured in the README followed by its onset post-training (``afnext speedrun --onset``;
+8.8 MB): held out, it answers the multiple-choice questions at 94 %, transcribes with 7.5 % WER and
+places event onsets in 10-60-s clips within 0.35 s (median). The clips in ``examples/clips`` are
+held-out items of the speedrun corpus: two events whose start times are asked (the answers are
+timestamps, one in a clip's second 30-s window), spoken digits, a spoken language, a sound. Each goes through the real command,
 ``afnext ask CLIP -p PROMPT --model MODEL``, and the expected answer is printed beside it. With a GPU
 and the real weights the same command is ``afnext ask CLIP -p PROMPT --model nvidia/audio-flamingo-next-hf``.
 """
@@ -22,15 +23,16 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 NANO_MODEL = EXAMPLES / "nano-afnext"
 CLIPS = EXAMPLES / "clips"
-SPEEDRUN_MODEL = Path("runs/speedrun/rote/midtrain2/final")
+SPEEDRUN_MODELS = (Path("runs/speedrun/rote/posttrain/final"), Path("runs/speedrun/rote/midtrain2/final"))
 
 
 def model_dir() -> tuple[Path, str]:
     """The nano model to ask, and what it is."""
     if (NANO_MODEL / "config.json").is_file():
         return NANO_MODEL, "the shipped nano model"
-    if (SPEEDRUN_MODEL / "config.json").is_file():
-        return SPEEDRUN_MODEL, "the nano model of your last `make speedrun`"
+    for trained in SPEEDRUN_MODELS:
+        if (trained / "config.json").is_file():
+            return trained, f"the nano model of your last `make speedrun{'-onset' if trained.parent.name == 'posttrain' else ''}`"
     from afnext.testing import make_tiny_checkpoint
 
     tiny = Path("runs/demo/tiny-afnext")

@@ -78,7 +78,7 @@ def test_every_stage_runs_and_exports(toy):
     assert json.loads((run_dir / "eval_report.json").read_text())["headline"] == within["headline"]
     assert json.loads((run_dir / "posttrain" / "eval_report.json").read_text())["headline"] == summary["headline"]
     post_cfg = json.loads((run_dir / "posttrain" / "config.json").read_text())
-    assert post_cfg["optim"]["cycles"] == 3
+    assert post_cfg["optim"]["cycles"] == 4
     onset = [json.loads(line) for line in (run_dir / "posttrain" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["loss_ground"] is not None for r in onset)  # word grounding ran
     assert any(r["loss_read"] is not None for r in onset)  # and time reads
