@@ -212,9 +212,9 @@ class StageDeadline:
 def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, timer: PhaseTimer,
                  steps_scale: float = 1.0, overrides: list[str] = (), progress: bool = True, log=print,
                  budget_s: float | None = None, started: float | None = None,
-                 stage0_steps: int | None = None, names: tuple[str, ...] = STAGES,
+                 stage0_steps: int | None = None, names: tuple[str, ...] | None = None,
                  init: str = "scratch") -> tuple[Path, int]:
-    """Run the stages ``names`` in order, the first from ``init``; returns the last export and the steps
+    """Run the stages ``names`` (default ``STAGES``) in order, the first from ``init``; returns the last export and the steps
     stage 0b ran. ``stage0_steps`` forces that count; else, with ``budget_s``, ``fit_stage0_steps`` may
     lower it and ``StageDeadline`` re-plans it while stage 0b runs (``started``: the run's start, a
     ``time.perf_counter()`` reading)."""
@@ -223,7 +223,7 @@ def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, 
 
     steps: dict[str, int] = {}  # each stage's step count, as run
     final = Path(init) / "final"
-    for stage in names:
+    for stage in STAGES if names is None else names:
         paths = [f'run.out_dir="{run_dir / stage}"', f'run.init="{init}"', f'data.registry="{registry}"',
                      f'data.processor="{tokenizer}"']
         if init == "scratch" and not rote:  # the stage that builds the model decides its layout

@@ -166,7 +166,8 @@ def test_corpus_is_reused_and_no_rote_trains_the_af3_layout(toy):
     mp.setattr(sr, "STAGES", ("stage0_encoder", "stage0"))
     logs: list[str] = []
     # a 1-second budget: stage 0b falls to its floor, half its (scaled) steps, and says so
-    other = sr.run(out, rote=False, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append, budget_s=1.0)
+    other = sr.run(out, rote=False, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append, budget_s=1.0,
+                   onset=True)
     assert f"corpus: reusing {out / 'data'}" in logs
     configured = round(2650 * 0.004)
     assert summary["stage0_steps"] == configured  # 30 min is plenty at toy scale
@@ -176,6 +177,10 @@ def test_corpus_is_reused_and_no_rote_trains_the_af3_layout(toy):
     assert any(line.startswith(f"stage0: {(configured + 1) // 2} of its {configured} steps, to end within") for line in logs)
     cfg = json.loads((out / "norote" / "stage0" / "final" / "config.json").read_text())
     assert cfg["model_type"] == "audioflamingo3"
+    # the onset post-training (with its grounding and time reads) runs on the AF3 layout too, from the last stage
+    assert other["model"] == str(out / "norote" / "posttrain" / "final")
+    assert other["within_budget"]["model"] == str(out / "norote" / "stage0" / "final")
+    assert json.loads((out / "norote" / "posttrain" / "final" / "config.json").read_text())["model_type"] == "audioflamingo3"
     assert json.loads((out / "rote" / "midtrain2" / "final" / "config.json").read_text())["model_type"] != "audioflamingo3"
     table = sr.side_by_side(summary, other)
     assert table.splitlines()[0].split() == ["RoTE", "no", "RoTE", "chance"]
