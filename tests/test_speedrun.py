@@ -80,6 +80,12 @@ def test_every_stage_runs_and_exports(toy):
     post_cfg = json.loads((run_dir / "posttrain" / "config.json").read_text())
     assert post_cfg["optim"]["cycles"] == 4
     onset = [json.loads(line) for line in (run_dir / "posttrain" / "metrics.jsonl").read_text().splitlines()]
+    from afnext.train.groups import lr_factor  # the trainer follows the restarting schedule, step by step
+
+    o = post_cfg["optim"]
+    assert [r["lr"]["llm"] for r in onset] == pytest.approx(
+        [o["lr"]["llm"] * lr_factor(r["step"] - 1, o["max_steps"], o["warmup_ratio"], o["min_lr_ratio"], 4) for r in onset])
+    assert o["max_steps"] >= 8  # so the toy run holds several cycles, each restarting
     assert any(r["loss_ground"] is not None for r in onset)  # word grounding ran
     assert any(r["loss_read"] is not None for r in onset)  # and time reads
     assert any(line.startswith("multiple-choice accuracy") for line in logs)
