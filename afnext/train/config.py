@@ -112,6 +112,9 @@ class OptimConfig:
     # Reads ask the onset questions about a named event and carry the word-grounding probes (word -> the
     # read's audio token -> answer), the circuit the onset answers use; needs grounding_mode "word".
     read_event_words: bool = False
+    # Time-digit head (afnext.train.time_head): weight of a linear head's cross-entropy on every audio
+    # token's time digits, read from the adapter output; keeps the tokens' time linearly readable. 0: off.
+    time_head_weight: float = 0.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -229,6 +232,11 @@ class TrainConfig:
         if o.grounding_weight and o.grounding_mode == "word" and o.grounding_label_layer < 0:
             raise TrainConfigError(f"{source}: optim.grounding_mode = 'word' needs optim.grounding_label_layer >= 0 "
                                    f"(the layer where the event word looks at the onset)")
+        if not (math.isfinite(o.time_head_weight) and o.time_head_weight >= 0):
+            raise TrainConfigError(f"{source}: optim.time_head_weight must be a finite number >= 0, got {o.time_head_weight!r}")
+        if o.time_head_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
+            raise TrainConfigError(f"{source}: optim.time_head_weight is not supported with sequence parallelism "
+                                   f"(sp_ulysses x sp_ring > 1)")
         if o.read_batch < 0:
             raise TrainConfigError(f"{source}: optim.read_batch must be >= 0, got {o.read_batch!r}")
         if not (math.isfinite(o.read_weight) and o.read_weight >= 0):

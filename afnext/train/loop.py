@@ -52,6 +52,7 @@ from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merg
 from afnext.train.metrics import MetricsLogger
 from afnext.train.prefix_sharing import BACKEND as PREFIX_BACKEND, shared_prefix_length
 from afnext.train.reads import ReadGrounding, TimeReads
+from afnext.train.time_head import TimeHead
 
 PAD_MULTIPLE = 64  # packed micro-batches are trimmed to their content, rounded up to this many tokens
 
@@ -199,6 +200,12 @@ class Trainer:
         self._read_grounding = ReadGrounding(self._label_attn, self._ground_attn, cfg.optim.grounding_heads) \
             if cfg.optim.read_event_words else None
         self._read_acc = [0.0, 0, 0.0]  # this step's read loss sum, micro-batch count, read grounding sum
+        if cfg.optim.time_head_weight and self.world > 1:
+            raise TrainError("optim.time_head_weight is single-process only for now: its head is not sharded or all-reduced")
+        self._time_head = TimeHead(self.model.config.llm.hidden_size, lr=max(float(v) for v in cfg.optim.lr.values()),
+                                   betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay) \
+            if cfg.optim.time_head_weight else None
+        self._time_acc = [0.0, 0]  # this step's time-head loss sum and micro-batch count
         self._n_micro, self._micro_index = 1, 0
 
         # Sequence parallelism: each SP group (ulysses x ring ranks) shares one data-parallel slot and
@@ -387,6 +394,12 @@ class Trainer:
                     self._read_acc[0] += float(read.detach())
                     self._read_acc[1] += 1
                     self._read_acc[2] += float(read_ground.detach())
+            if self._time_head is not None and "input_features" in batch:
+                timed = self._time_head.loss(ids, out.audio_embeds, self.model.config.audio_token_id)
+                if timed is not None:
+                    loss = loss + self.cfg.optim.time_head_weight * timed / self._n_micro
+                    self._time_acc[0] += float(timed.detach())
+                    self._time_acc[1] += 1
             if "input_features" not in batch:
                 loss = loss + self._ghost_encoder()
         loss.backward()
@@ -457,12 +470,14 @@ class Trainer:
         n_micro, n_labels = int(counts[0]), float(counts[1]) / self.sp_size  # SP ranks hold the same samples
         denom = n_labels if self.cfg.optim.loss_norm == "token" else float(counts[2]) / self.sp_size
         batches += [self._empty_batch() for _ in range(n_micro - len(batches))]
-        set_lr(self.optimizer, lr_factor(self.step, self.cfg.optim.max_steps, self.cfg.optim.warmup_ratio,
-                                         self.cfg.optim.min_lr_ratio, self.cfg.optim.cycles))
+        factor = lr_factor(self.step, self.cfg.optim.max_steps, self.cfg.optim.warmup_ratio,
+                           self.cfg.optim.min_lr_ratio, self.cfg.optim.cycles)
+        set_lr(self.optimizer, factor)
         nll_sum = 0.0
         self._family_nll: dict[str, list] = {}
         self._ground_acc = [0.0, 0]
         self._read_acc, self._n_micro = [0.0, 0, 0.0], n_micro
+        self._time_acc = [0.0, 0]
         for self._micro_index, batch in enumerate(batches):
             nll, _ = self._micro_step(batch, max(denom, 1.0))
             nll_sum += nll
@@ -473,6 +488,8 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._time_head is not None:
+            self._time_head.step(factor)
         self.step += 1
         stats = torch.tensor([nll_sum, sum(len(s) for s in samples), sum(s.total_audio_seconds for s in samples),
                               len(samples)], dtype=torch.float64)
@@ -503,6 +520,8 @@ class Trainer:
             record["loss_read"] = self._read_acc[0] / self._read_acc[1] if self._read_acc[1] else None
             if self._read_grounding is not None:  # the reads' -log attention mass (both probes), per micro-batch
                 record["loss_read_ground"] = self._read_acc[2] / self._read_acc[1] if self._read_acc[1] else None
+        if self._time_head is not None:  # mean cross-entropy per time digit of the audio tokens
+            record["loss_time"] = self._time_acc[0] / self._time_acc[1] if self._time_acc[1] else None
         return record
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -539,6 +558,8 @@ class Trainer:
         trainer_state = {"step": self.step, "samples_seen": self.samples_seen, "config": self.cfg.to_dict(),
                          "drops": self.drops.as_dict(), "world_size": self.world}
         rank_state = {"rng": ckpt.rng_state(), "loader": self.loader.state_dict(), "drops": self.drops.as_dict()}
+        if self._time_head is not None:
+            rank_state["time_head"] = self._time_head.state_dict()
         return ckpt.save_checkpoint(self.run_dir, self.step, model_state=model_state, optim_state=optim_state,
                                     trainer_state=trainer_state, rank_state=rank_state,
                                     keep=self.cfg.system.keep_checkpoints)
@@ -576,6 +597,10 @@ class Trainer:
         self.step = self.resumed_step = trainer_state["step"]
         self.samples_seen = trainer_state["samples_seen"]
         self.loader.load_state_dict(rank_state["loader"])
+        if self._time_head is not None:
+            if "time_head" not in rank_state:
+                raise TrainError(f"--resume: {path} was saved without optim.time_head_weight; its head cannot be restored")
+            self._time_head.load_state_dict(rank_state["time_head"])
         self.drops = DropCounter()
         for reason, n in rank_state.get("drops", {}).items():
             self.drops.counts[reason] = n
