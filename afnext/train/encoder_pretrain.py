@@ -128,7 +128,12 @@ def pair_target(labels: dict, pair_index: dict[tuple[str, str], int]) -> list[in
 def time_digits(n_tokens: int) -> torch.Tensor:
     """(n_tokens, 3) tens, units and tenths of each token's start time in seconds (token i starts at 40 i ms),
     exact in integers: the digits an answer like "23.4s" is written with."""
-    tenths = torch.arange(n_tokens) * TOKEN_STEP_MS // 100
+    return index_time_digits(torch.arange(n_tokens))
+
+
+def index_time_digits(index: torch.Tensor) -> torch.Tensor:
+    """(n, 3) the same digits for tokens at positions ``index`` (long) within their audio."""
+    tenths = index * TOKEN_STEP_MS // 100
     return torch.stack([tenths // place % 10 for place in TIME_PLACES], dim=-1)
 
 

@@ -34,17 +34,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from afnext.audio import TOKEN_SECONDS
+from afnext.train.encoder_pretrain import TIME_PLACES as PLACES, index_time_digits
 from afnext.train.reads import token_times
-
-TOKEN_MS = 40  # the audio token hop in integer ms (TOKEN_SECONDS), for exact digits
-PLACES = (100, 10, 1)  # tenths of a second per digit: tens, units and tenths of seconds
 
 
 def time_digit_targets(input_ids: torch.Tensor, audio_id: int) -> torch.Tensor:
-    """(audio tokens, 3): tens, units and tenths of each audio placeholder's start time, in splice order."""
+    """(audio tokens, 3): tens, units and tenths of each audio placeholder's start time, in splice order
+    (the digits stage 0a's time head learns)."""
     index = torch.round(token_times(input_ids, audio_id) / TOKEN_SECONDS).long()  # token index within its audio
-    tenths = index * TOKEN_MS // 100
-    return torch.stack([tenths // p % 10 for p in PLACES], dim=-1) if index.numel() else torch.zeros(0, len(PLACES), dtype=torch.long)
+    return index_time_digits(index)
 
 
 class TimeHead:
@@ -52,7 +50,7 @@ class TimeHead:
 
     def __init__(self, dim: int, *, lr: float, betas: tuple[float, float], weight_decay: float):
         self.linear = nn.Linear(dim, 10 * len(PLACES))
-        with torch.no_grad():  # zeros: every digit starts at ln 10, and the model's RNG stream is not used
+        with torch.no_grad():  # zeros: every digit starts at ln 10 (the head passes no gradient on its first step)
             self.linear.weight.zero_()
             self.linear.bias.zero_()
         self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, betas=betas, weight_decay=weight_decay,
