@@ -315,6 +315,22 @@ def train(
 
 
 @app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A checkpoint (RUN/checkpoints/step-000600) or a run directory (its latest)")],
+    out: Annotated[Path, typer.Argument(help="New directory for the HF-format checkpoint")],
+) -> None:
+    """Export a training checkpoint to HF format (LoRA merged), loadable by `afnext ask` and transformers."""
+    from afnext.train.export import ExportError, export_checkpoint
+
+    try:
+        path = export_checkpoint(source, out)
+    except (ExportError,) + _user_errors() as exc:
+        _fail(str(exc))
+        return
+    err.print(f"exported {path}")
+
+
+@app.command()
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory (holds metrics.jsonl)")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path [default: RUN_DIR/curves.png]")] = None,
@@ -341,7 +357,7 @@ def speedrun(
     stage0_steps: Annotated[Optional[int], typer.Option("--stage0-steps", help="Stage 0b steps, overriding the config "
                                                         "and the budget (to repeat a run made on another machine)")] = None,
     onset: Annotated[bool, typer.Option("--onset", help="After the scored recipe, onset post-training (configs/nano/"
-                                        "posttrain.toml, 2,400 steps: ~40-100 min more on 2 cores), scored again")] = False,
+                                        "posttrain.toml, 1,200 steps: ~40 min more on 2 cores), scored again")] = False,
 ) -> None:
     """Train a nano AF-Next from nothing on synthetic audio (corpus, tokenizer, stage 0 + 4 stages), then evaluate it."""
     from afnext import speedrun as sr

@@ -131,6 +131,7 @@ NEEDS = {
     "test_two_process_data_parallel": ("full", "ddp"),
     "test_sequence_parallel_training_matches_one_process": ("full", "sp"),
     "test_export_loads_in_transformers_and_afnext_ask": ("full",),
+    "test_any_checkpoint_exports": ("resume",),
     "test_config_errors": tuple(f"error:{e}" for e in ERRORS),
     "test_plot": ("full",),
     "test_missing_audio_row_is_skipped_and_reported": ("skipped",),
@@ -364,6 +365,10 @@ def test_lora_keeps_base_weights_and_merged_export_matches(setup):
 
     exported = th.weights(final)
     assert not [k for k in exported if "lora" in k]
+    from afnext.train.export import export_checkpoint  # the checkpoint (LoRA unmerged) exports to the same merge
+
+    again = th.weights(export_checkpoint(trainer.run_dir, trainer.run_dir.parent / "lora-again"))
+    assert again.keys() == exported.keys() and all(torch.equal(again[k], exported[k]) for k in exported)
     merged = AFNext.from_pretrained(final, dtype=torch.float32).eval()
     merged_sd = merged.state_dict()
     assert not [k for k in merged_sd if "lora" in k]
@@ -410,6 +415,53 @@ def test_export_loads_in_transformers_and_afnext_ask(jobs, setup):
     assert_ok(ask)
     answer = json.loads(ask.out)
     assert isinstance(answer["answer"], str) and answer["tokens"]
+
+
+def test_any_checkpoint_exports(jobs, setup, tmp_path):
+    """`afnext export`: the run's last checkpoint exports to the same files as the stage's own final/; an
+    earlier one exports its own weights and loads in `afnext`; bad sources and destinations are one-line
+    errors."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from afnext import AFNext
+    from afnext.checkpoint import to_checkpoint_key
+
+    res = jobs["resume"]
+    assert_ok(res["run"])
+    run_dir = res["dir"]
+    last = tmp_path / "last"
+    assert_ok(th.afnext("export", run_dir, last))  # a run directory: its latest checkpoint (step 4)
+    final = run_dir / "final"
+    want, got = th.weights(final), th.weights(last)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja", "processor_config.json", "preprocessor_config.json"):
+        assert (last / name).read_bytes() == (final / name).read_bytes(), name
+    assert json.loads((last / "training.json").read_text())["step"] == 4
+
+    step2 = run_dir / "checkpoints" / "step-000002"
+    early = tmp_path / "early"
+    assert_ok(th.afnext("export", step2, early))
+    trained = load_file(str(step2 / "model.safetensors"))
+    model = AFNext.from_pretrained(early, dtype=torch.float32)
+    exported = th.weights(early)
+    pairs = [(exported[to_checkpoint_key(k)], v) for k, v in trained.items() if to_checkpoint_key(k) in exported]
+    assert len(pairs) == len(exported) and all(torch.equal(a, b) for a, b in pairs)
+    assert any(not torch.equal(want[k], exported[k]) for k in want)  # step 2 is not step 4
+    assert model.config.to_hf_dict() == AFNext.from_pretrained(final).config.to_hf_dict()
+
+    assert_one_error(th.afnext("export", tmp_path / "nowhere", tmp_path / "o1"), str(tmp_path / "nowhere"),
+                     "does not exist")
+    assert_one_error(th.afnext("export", setup.root, tmp_path / "o2"), "neither a checkpoint", "checkpoints/LATEST")
+    assert_one_error(th.afnext("export", step2, last), str(last), "already exists and is not empty")
+    assert_one_error(th.afnext("export", step2, step2 / "sub"), "inside the checkpoint")
+    old = tmp_path / "old-step"
+    shutil.copytree(step2, old)
+    shutil.rmtree(old / "export")
+    assert_one_error(th.afnext("export", old, tmp_path / "o3"), "export/export.json", "saved by an afnext without")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
 
 
 # ---- 6. configuration errors ------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from afnext.checkpoint import save_model
+from afnext.checkpoint import default_generation_config
 from afnext.config import AF3_MODEL_TYPE, AFNEXT_MODEL_TYPE, AFNextConfig, EncoderConfig, LLMConfig, RoTEConfig
 from afnext.data.audio_cache import AudioCache
 from afnext.data.loader import ManifestDataset, SkippingLoader
@@ -44,11 +44,11 @@ from afnext.model.afnext import IGNORE_INDEX, AFNext
 from afnext.model.attention import use_backend
 from afnext.processor import Processor
 from afnext.tokenizer import TextTokenizer
-from afnext.tokenizer_files import write_tokenizer_files
 from afnext.train import state as ckpt
 from afnext.train.config import TrainConfig
+from afnext.train.export import export_state, write_meta
 from afnext.train.grounding import GroundingProbe, asked_events, ground_sample, probe_attention
-from afnext.train.groups import apply_policies, build_optimizer, lr_factor, merge_lora, set_lr
+from afnext.train.groups import apply_policies, build_optimizer, lr_factor, set_lr
 from afnext.train.metrics import MetricsLogger
 from afnext.train.prefix_sharing import BACKEND as PREFIX_BACKEND, shared_prefix_length
 from afnext.train.reads import ReadGrounding, TimeReads
@@ -562,7 +562,19 @@ class Trainer:
             rank_state["time_head"] = self._time_head.state_dict()
         return ckpt.save_checkpoint(self.run_dir, self.step, model_state=model_state, optim_state=optim_state,
                                     trainer_state=trainer_state, rank_state=rank_state,
-                                    keep=self.cfg.system.keep_checkpoints)
+                                    keep=self.cfg.system.keep_checkpoints, extra=self._write_export_meta)
+
+    def _lora_layout(self) -> dict | None:
+        o = self.cfg.optim
+        return {"targets": list(o.lora_targets), "rank": o.lora_rank, "alpha": o.lora_alpha} \
+            if o.freeze.get("llm") == "lora" else None
+
+    def _write_export_meta(self, dst: Path) -> None:
+        write_meta(dst, self.model.config, self._generation_defaults(), self.processor.tokenizer.backend,
+                   kind=self.kind, lora=self._lora_layout())
+
+    def _generation_defaults(self) -> dict:
+        return dict(getattr(self.model, "generation_defaults", {}) or {}) or default_generation_config(self.model.config)
 
     def _full_state(self) -> tuple[dict | None, dict | None]:
         if self.world > 1:
@@ -612,23 +624,8 @@ class Trainer:
         model_state, _ = self._full_state()
         out = self.run_dir / "final"
         if self.rank == 0:
-            plain = AFNext(self.model.config)
-            if self.cfg.optim.freeze.get("llm") == "lora":
-                from afnext.train.groups import apply_lora
-
-                apply_lora(plain.llm, self.cfg.optim.lora_targets, self.cfg.optim.lora_rank, self.cfg.optim.lora_alpha)
-            plain.load_state_dict(model_state)
-            merge_lora(plain)
-            plain.generation_defaults = dict(getattr(self.model, "generation_defaults", {}) or {})
-            tmp = out.with_name(".final-tmp")
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_model(plain, tmp)
-            write_tokenizer_files(tmp, self.processor.tokenizer.backend, kind=self.kind)
-            (tmp / "training.json").write_text(json.dumps({"stage": self.cfg.run.stage, "step": self.step}, indent=2))
-            shutil.rmtree(out, ignore_errors=True)
-            os.rename(tmp, out)
+            export_state(model_state, self.model.config, self._generation_defaults(), self.processor.tokenizer.backend,
+                         out, kind=self.kind, lora=self._lora_layout(), info={"stage": self.cfg.run.stage, "step": self.step})
         self._barrier()
         return out
 

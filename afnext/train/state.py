@@ -4,7 +4,8 @@ Layout of a run directory:
 
     run/config.json             the resolved stage configuration
     run/metrics.jsonl           one line per step
-    run/checkpoints/step-000050/  model.safetensors, optimizer.pt, trainer.json, rank-<r>.pt
+    run/checkpoints/step-000050/  model.safetensors, optimizer.pt, trainer.json, rank-<r>.pt,
+                                export/ (config and tokenizer for `afnext export`, afnext.train.export)
     run/checkpoints/LATEST      name of the newest complete checkpoint
     run/final/                  HF-format export (config, weights, tokenizer, chat template)
 
@@ -100,8 +101,9 @@ def _test_save_delay() -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model_state: dict | None, optim_state: dict | None,
-                    trainer_state: dict, rank_state: dict, keep: int = 2) -> Path:
-    """Collective: every rank calls it. model/optim state only on rank 0 (full, on CPU)."""
+                    trainer_state: dict, rank_state: dict, keep: int = 2, extra=None) -> Path:
+    """Collective: every rank calls it. model/optim state only on rank 0 (full, on CPU). ``extra``: called
+    on rank 0 with the temporary directory, to add files that must appear with the checkpoint."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     ckpts = run_dir / "checkpoints"
     name = f"step-{step:06d}"
@@ -120,6 +122,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model_state: dict | None, optim
         _test_save_delay()
         torch.save(optim_state, tmp / "optimizer.pt")
         _test_save_delay()
+        if extra is not None:
+            extra(tmp)
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2))
     _barrier()
     final = ckpts / name
