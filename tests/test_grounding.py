@@ -270,3 +270,59 @@ def test_word_grounding_grounds_every_answer_of_a_multi_turn_conversation(tmp_pa
     record = trainer.train_step()  # with time reads too: their forward runs without the probes
     assert record["loss_ground"] is not None and 0 < record["loss_ground"] < 50
     assert record["loss_read"] is not None and math.isfinite(record["loss_read"])
+
+
+def test_word_time_head_reads_the_onset_digits_at_the_event_word(tmp_path, tiny_dirs):
+    """optim.word_time_weight: a digit head at each asked event's word (after the label layer) learns that
+    event's onset time; its gradient stops at the label layer, it is reported, and resume restores it."""
+    from afnext.train.config import TrainConfig, TrainConfigError
+    from afnext.train.encoder_pretrain import index_time_digits
+    from afnext.train.loop import TrainError, Trainer
+
+    registry = _onset_corpus(tmp_path / "data", "event_onset_all",
+                             {"asked": [{"label": "siren", "onset_s": 1.3}, {"label": "bell", "onset_s": 0.2}]},
+                             [{"from": "human", "value": "<sound>\nWhen does the siren start?"},
+                              {"from": "gpt", "value": "1.3s"},
+                              {"from": "human", "value": "When does the bell start?"},
+                              {"from": "gpt", "value": "0.2s"}])
+    word = ["optim.grounding_weight=1.0", "optim.grounding_layer=1", "optim.grounding_label_layer=0",
+            'optim.grounding_mode="word"']
+
+    def cfg(name: str, steps: int = 3):
+        return th.write_config(tmp_path / f"{name}.toml", registry=registry, processor=tiny_dirs["afnext"],
+                               out_dir=tmp_path / name, max_steps=steps)
+
+    trainer = Trainer(TrainConfig.load(cfg("run"), word + ["optim.word_time_weight=1.0"]), progress=False)
+    samples = [s for s in trainer._next_samples(8) if s.grounds][:2]
+    batch = trainer._micro_batches(samples)[0]
+    starts = batch["cu_seqlens"].tolist()
+    positions, index = trainer._word_time_targets(batch, batch["input_ids"])
+    packed = [(g, starts[i]) for i, s in enumerate(samples) for g in s.grounds]
+    assert len(packed) == 4 and positions.tolist() == [g.word[1] - 1 + s0 for g, s0 in packed]
+    assert index.tolist() == [32, 5, 32, 5]  # 1.3 s and 0.2 s in 40-ms tokens
+    assert index_time_digits(index).tolist() == [[0, 1, 2], [0, 0, 2]] * 2  # 1.28 s and 0.20 s, as tenths
+
+    first = trainer.train_step()
+    assert first["loss_word_time"] == pytest.approx(math.log(10), rel=1e-6)  # a zero head: uniform digits
+    diff = th.grad_change(trainer, batch, "word_time_weight", 0.0)
+    assert diff["llm.layers.0.self_attn.v_proj.weight"] > 1e-7  # what the word's look-up carries
+    assert max(v for n, v in diff.items() if n.startswith("adapter.")) > 1e-9
+    assert all(v == 0.0 for n, v in diff.items() if n.startswith(("llm.layers.1.", "llm.layers.2.", "llm.norm", "lm_head")))
+    trainer.save()
+    later = trainer.train_step()
+    assert later["loss_word_time"] < first["loss_word_time"]
+    resumed = Trainer(TrainConfig.load(cfg("run"), word + ["optim.word_time_weight=1.0"]), resume=True, progress=False)
+    again = resumed.train_step()
+    assert again["loss"] == later["loss"] and again["loss_word_time"] == later["loss_word_time"]
+    assert torch.equal(resumed._word_time_head.linear.weight, trainer._word_time_head.linear.weight)
+
+    plain = Trainer(TrainConfig.load(cfg("plain"), word), progress=False)
+    assert "loss_word_time" not in plain.train_step()
+    plain.save()
+    with pytest.raises(TrainError, match="was saved without optim.word_time_weight; its head cannot be restored"):
+        Trainer(TrainConfig.load(cfg("plain"), word + ["optim.word_time_weight=1.0"]), resume=True, progress=False)
+    with pytest.raises(TrainConfigError, match=r"optim.word_time_weight must be a finite number >= 0, got -1.0"):
+        TrainConfig.load(cfg("v", 1), word + ["optim.word_time_weight=-1.0"])
+    with pytest.raises(TrainConfigError, match=r"optim.word_time_weight needs word grounding \(optim.grounding_weight > 0, "
+                                               r"optim.grounding_mode = 'word'\)"):
+        TrainConfig.load(cfg("v", 1), ["optim.word_time_weight=1.0"])

@@ -233,6 +233,9 @@ def grad_change(trainer, batch: dict, option: str, off) -> dict[str, float]:
     finally:
         setattr(trainer.cfg.optim, option, on)
     trainer.model.zero_grad(set_to_none=True)
+    for head in (getattr(trainer, "_time_head", None), getattr(trainer, "_word_time_head", None)):
+        if head is not None:  # the auxiliary heads sit outside the model: leave no gradient for the next step
+            head.linear.zero_grad(set_to_none=True)
     return {n: (with_it[n] - without[n]).abs().max().item() for n in without}
 
 

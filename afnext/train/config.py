@@ -115,6 +115,10 @@ class OptimConfig:
     # Time-digit head (afnext.train.time_head): weight of a linear head's cross-entropy on every audio
     # token's time digits, read from the adapter output; keeps the tokens' time linearly readable. 0: off.
     time_head_weight: float = 0.0
+    # Word time head: the same kind of head on the hidden state after grounding_label_layer at the asked
+    # event's word (its last token), trained on the event's onset digits: supervises what the word's
+    # look-up carries, not only where it looks. Needs grounding_mode "word". 0: off.
+    word_time_weight: float = 0.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -234,6 +238,11 @@ class TrainConfig:
                                    f"(the layer where the event word looks at the onset)")
         if not (math.isfinite(o.time_head_weight) and o.time_head_weight >= 0):
             raise TrainConfigError(f"{source}: optim.time_head_weight must be a finite number >= 0, got {o.time_head_weight!r}")
+        if not (math.isfinite(o.word_time_weight) and o.word_time_weight >= 0):
+            raise TrainConfigError(f"{source}: optim.word_time_weight must be a finite number >= 0, got {o.word_time_weight!r}")
+        if o.word_time_weight and not (o.grounding_weight and o.grounding_mode == "word"):
+            raise TrainConfigError(f"{source}: optim.word_time_weight needs word grounding "
+                                   "(optim.grounding_weight > 0, optim.grounding_mode = 'word')")
         if o.time_head_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
             raise TrainConfigError(f"{source}: optim.time_head_weight is not supported with sequence parallelism "
                                    f"(sp_ulysses x sp_ring > 1)")

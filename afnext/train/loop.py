@@ -206,6 +206,11 @@ class Trainer:
                                    betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay) \
             if cfg.optim.time_head_weight else None
         self._time_acc = [0.0, 0]  # this step's time-head loss sum and micro-batch count
+        # grounding word mode is validated by the config; its label layer is where the word has looked
+        self._word_time_head = TimeHead(self.model.config.llm.hidden_size, lr=max(float(v) for v in cfg.optim.lr.values()),
+                                        betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay) \
+            if cfg.optim.word_time_weight else None
+        self._word_time_acc = [0.0, 0]  # this step's word-time loss sum and micro-batch count
         self._n_micro, self._micro_index = 1, 0
 
         # Sequence parallelism: each SP group (ulysses x ring ranks) shares one data-parallel slot and
@@ -319,6 +324,23 @@ class Trainer:
         heads = self.cfg.optim.grounding_heads
         return [(self._label_attn, GroundingProbe(heads, to_onset)), (self._ground_attn, GroundingProbe(heads, to_word))]
 
+    def _word_time_targets(self, batch: dict, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(positions of the grounded event words' last tokens in the packed row, the index of their onset
+        token within its audio), or None when the row has none."""
+        starts = batch["cu_seqlens"].tolist()
+        audio = (ids[0] == self.model.config.audio_token_id).nonzero().flatten().tolist()
+        positions, index = [], []
+        for i, grounds in enumerate(batch.get("grounds") or []):
+            s = starts[i]
+            first = next((p for p in audio if p >= s), None)  # a grounded sample has one audio run (grounding_span)
+            for g in grounds:
+                if g.word is not None and first is not None:
+                    positions.append(s + g.word[1] - 1)
+                    index.append(s + g.onset[0] - first)
+        if not positions:
+            return None
+        return torch.tensor(positions, device=ids.device), torch.tensor(index)
+
     def _micro_batches(self, samples: list[TrainSample]) -> list[dict]:
         bins = best_fit_pack([len(s) for s in samples], self.cfg.data.token_budget) if samples else []
         batches = []
@@ -360,9 +382,15 @@ class Trainer:
         if self._ground_attn is not None and ids.shape[0] == 1:
             word = self.cfg.optim.grounding_mode == "word"
             probes = self._word_probes(batch, flat) if word else self._answer_probes(batch, flat)
+        word_times = self._word_time_targets(batch, ids) if self._word_time_head is not None and probes else None
+        word_hidden: list[torch.Tensor] = []
         with self._autocast(), contextlib.ExitStack() as hooks:
             for attn, probe in probes:
                 hooks.enter_context(probe_attention(attn, probe))
+            if word_times is not None:
+                layer = self.model.llm.layers[self.cfg.optim.grounding_label_layer]
+                handle = layer.register_forward_hook(lambda m, a, o: word_hidden.append(o[0, word_times[0]]))
+                hooks.callback(handle.remove)
             if batch.get("shared_prefix"):
                 hooks.enter_context(use_backend(PREFIX_BACKEND))
             out = self.model(input_ids=ids, position_ids=batch["position_ids"].to(self.device),
@@ -400,6 +428,11 @@ class Trainer:
                     loss = loss + self.cfg.optim.time_head_weight * timed / self._n_micro
                     self._time_acc[0] += float(timed.detach())
                     self._time_acc[1] += 1
+            if word_hidden:
+                worded = self._word_time_head.loss_at(word_hidden[0], word_times[1])
+                loss = loss + self.cfg.optim.word_time_weight * worded / self._n_micro
+                self._word_time_acc[0] += float(worded.detach())
+                self._word_time_acc[1] += 1
             if "input_features" not in batch:
                 loss = loss + self._ghost_encoder()
         loss.backward()
@@ -478,6 +511,7 @@ class Trainer:
         self._ground_acc = [0.0, 0]
         self._read_acc, self._n_micro = [0.0, 0, 0.0], n_micro
         self._time_acc = [0.0, 0]
+        self._word_time_acc = [0.0, 0]
         for self._micro_index, batch in enumerate(batches):
             nll, _ = self._micro_step(batch, max(denom, 1.0))
             nll_sum += nll
@@ -490,6 +524,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self._time_head is not None:
             self._time_head.step(factor)
+        if self._word_time_head is not None:
+            self._word_time_head.step(factor)
         self.step += 1
         stats = torch.tensor([nll_sum, sum(len(s) for s in samples), sum(s.total_audio_seconds for s in samples),
                               len(samples)], dtype=torch.float64)
@@ -522,6 +558,9 @@ class Trainer:
                 record["loss_read_ground"] = self._read_acc[2] / self._read_acc[1] if self._read_acc[1] else None
         if self._time_head is not None:  # mean cross-entropy per time digit of the audio tokens
             record["loss_time"] = self._time_acc[0] / self._time_acc[1] if self._time_acc[1] else None
+        if self._word_time_head is not None:  # mean cross-entropy per onset digit at the event words
+            a = self._word_time_acc
+            record["loss_word_time"] = a[0] / a[1] if a[1] else None
         return record
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -560,6 +599,8 @@ class Trainer:
         rank_state = {"rng": ckpt.rng_state(), "loader": self.loader.state_dict(), "drops": self.drops.as_dict()}
         if self._time_head is not None:
             rank_state["time_head"] = self._time_head.state_dict()
+        if self._word_time_head is not None:
+            rank_state["word_time_head"] = self._word_time_head.state_dict()
         return ckpt.save_checkpoint(self.run_dir, self.step, model_state=model_state, optim_state=optim_state,
                                     trainer_state=trainer_state, rank_state=rank_state,
                                     keep=self.cfg.system.keep_checkpoints, extra=self._write_export_meta)
@@ -613,6 +654,10 @@ class Trainer:
             if "time_head" not in rank_state:
                 raise TrainError(f"--resume: {path} was saved without optim.time_head_weight; its head cannot be restored")
             self._time_head.load_state_dict(rank_state["time_head"])
+        if self._word_time_head is not None:
+            if "word_time_head" not in rank_state:
+                raise TrainError(f"--resume: {path} was saved without optim.word_time_weight; its head cannot be restored")
+            self._word_time_head.load_state_dict(rank_state["word_time_head"])
         self.drops = DropCounter()
         for reason, n in rank_state.get("drops", {}).items():
             self.drops.counts[reason] = n

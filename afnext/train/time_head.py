@@ -46,7 +46,9 @@ def time_digit_targets(input_ids: torch.Tensor, audio_id: int) -> torch.Tensor:
 
 
 class TimeHead:
-    """The linear head, its optimizer and its loss."""
+    """The linear head, its optimizer and its loss. The trainer also uses one at the asked event's word
+    after the word grounding's look-up layer (``optim.word_time_weight``): there it reads the onset time
+    the look-up brought to the word, the value the answer has to copy."""
 
     def __init__(self, dim: int, *, lr: float, betas: tuple[float, float], weight_decay: float):
         self.linear = nn.Linear(dim, 10 * len(PLACES))
@@ -66,6 +68,13 @@ class TimeHead:
         if target.shape[0] != audio_embeds.shape[0]:
             raise ValueError(f"time head: {target.shape[0]} audio placeholders but {audio_embeds.shape[0]} audio embeddings")
         logits = self.linear(audio_embeds.float()).unflatten(-1, (len(PLACES), 10))
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+    def loss_at(self, features: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy per digit of the times of audio tokens ``token_index`` (within their audio),
+        read from ``features`` (one row per token asked)."""
+        target = index_time_digits(token_index.cpu()).to(features.device)
+        logits = self.linear(features.float()).unflatten(-1, (len(PLACES), 10))
         return F.cross_entropy(logits.flatten(0, 1), target.flatten())
 
     def step(self, lr_factor: float) -> None:
