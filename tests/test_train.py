@@ -587,6 +587,21 @@ def test_cosine_cycles_restart_the_warmup_and_cosine():
     assert [lr_factor(s, 10, 0.1, 0.0, cycles=1) for s in range(10)] == [lr_factor(s, 10, 0.1, 0.0) for s in range(10)]
 
 
+def test_the_trainer_follows_restarting_cycles(setup):
+    """The trainer applies ``optim.cycles``: 6 steps in 2 cycles set each step's learning rate from the
+    restarting schedule, so step 4 starts over at step 1's rate."""
+    from afnext.train.config import TrainConfig
+    from afnext.train.groups import lr_factor
+    from afnext.train.loop import Trainer
+
+    cfg, _ = setup.config("cycles", max_steps=6)
+    trainer = Trainer(TrainConfig.load(cfg, ["optim.cycles=2", "optim.warmup_ratio=0.0"]), progress=False)
+    lrs = [trainer.train_step()["lr"]["llm"] for _ in range(6)]
+    base = trainer.cfg.optim.lr["llm"]
+    assert lrs == pytest.approx([base * lr_factor(s, 6, 0.0, trainer.cfg.optim.min_lr_ratio, 2) for s in range(6)])
+    assert lrs[0] == pytest.approx(base) and lrs[2] < lrs[1] < lrs[0] and lrs[3] == pytest.approx(lrs[0])
+
+
 def test_a_run_replanned_mid_run_stops_at_the_new_total_and_records_it(tmp_path, tiny_dirs):
     """``Trainer.set_max_steps`` (the speedrun's wall-time re-plan): the run ends at the new total, the
     learning rate follows the warm-up and cosine of the new total from then on, and the run directory's
