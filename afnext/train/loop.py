@@ -202,14 +202,10 @@ class Trainer:
         self._read_acc = [0.0, 0, 0.0]  # this step's read loss sum, micro-batch count, read grounding sum
         if cfg.optim.time_head_weight and self.world > 1:
             raise TrainError("optim.time_head_weight is single-process only for now: its head is not sharded or all-reduced")
-        self._time_head = TimeHead(self.model.config.llm.hidden_size, lr=max(float(v) for v in cfg.optim.lr.values()),
-                                   betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay) \
-            if cfg.optim.time_head_weight else None
+        self._time_head = self._aux_head() if cfg.optim.time_head_weight else None
         self._time_acc = [0.0, 0]  # this step's time-head loss sum and micro-batch count
         # grounding word mode is validated by the config; its label layer is where the word has looked
-        self._word_time_head = TimeHead(self.model.config.llm.hidden_size, lr=max(float(v) for v in cfg.optim.lr.values()),
-                                        betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay) \
-            if cfg.optim.word_time_weight else None
+        self._word_time_head = self._aux_head() if cfg.optim.word_time_weight else None
         self._word_time_acc = [0.0, 0]  # this step's word-time loss sum and micro-batch count
         self._n_micro, self._micro_index = 1, 0
 
@@ -275,6 +271,12 @@ class Trainer:
                                                    self.processor.tokenizer.encode if self._label_attn is not None else None)
                 out.append(sample)
         return out
+
+    def _aux_head(self) -> TimeHead:
+        """A time-digit head on LLM-width features, at the run's largest group learning rate."""
+        o = self.cfg.optim
+        return TimeHead(self.model.config.llm.hidden_size, lr=max(float(v) for v in o.lr.values()),
+                        betas=tuple(o.betas), weight_decay=o.weight_decay)
 
     def _grounding_attention(self, layer: int) -> torch.nn.Module:
         o = self.cfg.optim

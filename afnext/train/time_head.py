@@ -49,11 +49,15 @@ from afnext.train.encoder_pretrain import TIME_PLACES as PLACES, index_time_digi
 from afnext.train.reads import token_times
 
 
+def audio_token_index(input_ids: torch.Tensor, audio_id: int) -> torch.Tensor:
+    """(audio tokens,) each audio placeholder's index within its own audio, in splice order."""
+    return torch.round(token_times(input_ids, audio_id) / TOKEN_SECONDS).long()
+
+
 def time_digit_targets(input_ids: torch.Tensor, audio_id: int) -> torch.Tensor:
     """(audio tokens, 3): tens, units and tenths of each audio placeholder's start time, in splice order
     (the digits stage 0a's time head learns)."""
-    index = torch.round(token_times(input_ids, audio_id) / TOKEN_SECONDS).long()  # token index within its audio
-    return index_time_digits(index)
+    return index_time_digits(audio_token_index(input_ids, audio_id))
 
 
 class TimeHead:
@@ -75,11 +79,10 @@ class TimeHead:
         """Mean cross-entropy per digit over the micro-batch's audio tokens; None when it has none."""
         if audio_embeds is None or audio_embeds.shape[0] == 0:
             return None
-        target = time_digit_targets(input_ids.cpu(), audio_id).to(audio_embeds.device)
-        if target.shape[0] != audio_embeds.shape[0]:
-            raise ValueError(f"time head: {target.shape[0]} audio placeholders but {audio_embeds.shape[0]} audio embeddings")
-        logits = self.linear(audio_embeds.float()).unflatten(-1, (len(PLACES), 10))
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        index = audio_token_index(input_ids.cpu(), audio_id)
+        if index.shape[0] != audio_embeds.shape[0]:
+            raise ValueError(f"time head: {index.shape[0]} audio placeholders but {audio_embeds.shape[0]} audio embeddings")
+        return self.loss_at(audio_embeds, index)
 
     def loss_at(self, features: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy per digit of the times of audio tokens ``token_index`` (within their audio),
