@@ -156,6 +156,7 @@ class TrainSample:
     family: str | None = None
     truncated: bool = False
     grounds: list = field(default_factory=list)  # grounded answers (afnext.train.grounding.Ground), for its loss
+    aligns: list = field(default_factory=list)  # transcript words and their audio (afnext.train.align.WordAlign)
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())

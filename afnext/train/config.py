@@ -119,6 +119,12 @@ class OptimConfig:
     # event's word (its last token), trained on the event's onset digits: supervises what the word's
     # look-up carries, not only where it looks. Needs grounding_mode "word". 0: off.
     word_time_weight: float = 0.0
+    # Transcript alignment (afnext.train.align): weight of -log attention mass of align_heads in
+    # align_layer, at each transcript word's predicting positions, on the audio where the word is
+    # spoken (estimated from the clip's speech segment); normalised like the answer loss. 0: off.
+    align_weight: float = 0.0
+    align_layer: int = 1
+    align_heads: list[int] = field(default_factory=lambda: [0, 1, 2])
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -246,6 +252,13 @@ class TrainConfig:
         if o.time_head_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
             raise TrainConfigError(f"{source}: optim.time_head_weight is not supported with sequence parallelism "
                                    f"(sp_ulysses x sp_ring > 1)")
+        if not (math.isfinite(o.align_weight) and o.align_weight >= 0):
+            raise TrainConfigError(f"{source}: optim.align_weight must be a finite number >= 0, got {o.align_weight!r}")
+        if o.align_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
+            raise TrainConfigError(f"{source}: optim.align_weight is not supported with sequence parallelism "
+                                   f"(sp_ulysses x sp_ring > 1)")
+        if o.align_weight and self.system.activation_checkpointing:
+            raise TrainConfigError(f"{source}: optim.align_weight is not supported with system.activation_checkpointing")
         if o.read_batch < 0:
             raise TrainConfigError(f"{source}: optim.read_batch must be >= 0, got {o.read_batch!r}")
         if not (math.isfinite(o.read_weight) and o.read_weight >= 0):

@@ -45,6 +45,7 @@ from afnext.model.attention import use_backend
 from afnext.processor import Processor
 from afnext.tokenizer import TextTokenizer
 from afnext.train import state as ckpt
+from afnext.train.align import AlignProbe, align_sample, align_targets, probe_alignment
 from afnext.train.config import TrainConfig
 from afnext.train.export import export_state, write_meta
 from afnext.train.grounding import GroundingProbe, asked_events, ground_sample, probe_attention
@@ -207,6 +208,13 @@ class Trainer:
         # grounding word mode is validated by the config; its label layer is where the word has looked
         self._word_time_head = self._aux_head() if cfg.optim.word_time_weight else None
         self._word_time_acc = [0.0, 0]  # this step's word-time loss sum and micro-batch count
+        if cfg.optim.align_weight and self.world > 1:
+            raise TrainError("optim.align_weight is single-process only for now: its gradient path under FSDP is untested")
+        self._align_attn = self._attention_at(cfg.optim.align_layer, cfg.optim.align_heads, "align_layer", "align_heads") \
+            if cfg.optim.align_weight else None
+        self._align_acc = [0.0, 0]  # this step's alignment loss sum and aligned-word count
+        # an answer's closing <|im_end|> (and an end-of-text) belong to no transcript word
+        self._special_ids = {i for i in map(self.processor.tokenizer.token_to_id, ("<|im_end|>", "<|endoftext|>")) if i is not None}
         self._n_micro, self._micro_index = 1, 0
 
         # Sequence parallelism: each SP group (ulysses x ring ranks) shares one data-parallel slot and
@@ -269,6 +277,9 @@ class Trainer:
                 if events:
                     sample.grounds = ground_sample(sample.input_ids, sample.labels, self.model.config.audio_token_id, events,
                                                    self.processor.tokenizer.encode if self._label_attn is not None else None)
+                if self._align_attn is not None:
+                    sample.aligns = align_sample(sample.input_ids, sample.labels, extra, self.model.config.audio_token_id,
+                                                 self.processor.tokenizer.decode, self._special_ids)
                 out.append(sample)
         return out
 
@@ -280,13 +291,18 @@ class Trainer:
 
     def _grounding_attention(self, layer: int) -> torch.nn.Module:
         o = self.cfg.optim
+        name = "grounding_layer" if layer == o.grounding_layer else "grounding_label_layer"
+        return self._attention_at(layer, o.grounding_heads, name, "grounding_heads")
+
+    def _attention_at(self, layer: int, heads: list[int], layer_key: str, heads_key: str) -> torch.nn.Module:
+        """The attention module of LLM ``layer`` whose ``heads`` an auxiliary loss supervises (the keys
+        name the config fields in errors)."""
         layers = self.model.llm.layers
         if not 0 <= layer < len(layers):
-            name = "grounding_layer" if layer == o.grounding_layer else "grounding_label_layer"
-            raise TrainError(f"optim.{name}={layer}: the LLM has layers 0..{len(layers) - 1}")
+            raise TrainError(f"optim.{layer_key}={layer}: the LLM has layers 0..{len(layers) - 1}")
         attn = layers[layer].self_attn
-        if not o.grounding_heads or any(not 0 <= h < attn.heads for h in o.grounding_heads):
-            raise TrainError(f"optim.grounding_heads={o.grounding_heads}: the LLM has heads 0..{attn.heads - 1}")
+        if not heads or any(not 0 <= h < attn.heads for h in heads):
+            raise TrainError(f"optim.{heads_key}={heads}: the LLM has heads 0..{attn.heads - 1}")
         return attn
 
     def _probe_targets(self, batch: dict, flat: torch.Tensor, key: str) -> list:
@@ -354,6 +370,7 @@ class Trainer:
             batch = collate_packed(group, width, self.processor.pad_token_id, shared_prefix=shared)
             batch["families"] = [s.family or "unknown" for s in group]
             batch["grounds"] = [s.grounds for s in group]
+            batch["aligns"] = [s.aligns for s in group]
             batches.append(batch)
         return batches
 
@@ -386,9 +403,16 @@ class Trainer:
             probes = self._word_probes(batch, flat) if word else self._answer_probes(batch, flat)
         word_times = self._word_time_targets(batch, ids) if self._word_time_head is not None and probes else None
         word_hidden: list[torch.Tensor] = []
+        align = None
+        if self._align_attn is not None and ids.shape[0] == 1:
+            targets = align_targets(batch.get("aligns") or [], batch["cu_seqlens"].tolist(), flat,
+                                    int(batch.get("shared_prefix") or 0))
+            align = AlignProbe(self.cfg.optim.align_heads, targets) if targets else None
         with self._autocast(), contextlib.ExitStack() as hooks:
             for attn, probe in probes:
                 hooks.enter_context(probe_attention(attn, probe))
+            if align is not None:
+                hooks.enter_context(probe_alignment(self._align_attn, align))
             if word_times is not None:
                 layer = self.model.llm.layers[self.cfg.optim.grounding_label_layer]
                 handle = layer.register_forward_hook(lambda m, a, o: word_hidden.append(o[0, word_times[0]]))
@@ -415,6 +439,11 @@ class Trainer:
                     if i == 0:  # the onset look-up is what the metric reports
                         self._ground_acc[0] += float(ground.detach().sum())
                         self._ground_acc[1] += ground.numel()
+            if align is not None and align.losses:
+                aligned = torch.stack(align.losses)
+                loss = loss + self.cfg.optim.align_weight * aligned.sum() / denom * self.world
+                self._align_acc[0] += float(aligned.detach().sum())
+                self._align_acc[1] += aligned.numel()
             if self._reads is not None and "input_features" in batch:
                 gen = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.step * 1009 + self._micro_index)
                 read = self._reads.loss(self.model, ids, out.audio_embeds, self.cfg.optim.read_batch, gen, self._read_grounding)
@@ -514,6 +543,7 @@ class Trainer:
         self._read_acc, self._n_micro = [0.0, 0, 0.0], n_micro
         self._time_acc = [0.0, 0]
         self._word_time_acc = [0.0, 0]
+        self._align_acc = [0.0, 0]
         for self._micro_index, batch in enumerate(batches):
             nll, _ = self._micro_step(batch, max(denom, 1.0))
             nll_sum += nll
@@ -554,6 +584,9 @@ class Trainer:
         if self._ground_attn is not None:  # mean -log attention mass on the onset, over grounded samples
             g = self._all_reduce(torch.tensor(self._ground_acc, dtype=torch.float64))
             record["loss_ground"] = float(g[0] / g[1]) if g[1] else None
+        if self._align_attn is not None:  # mean -log attention mass on each transcript word's audio, per word
+            a = self._align_acc
+            record["loss_align"] = a[0] / a[1] if a[1] else None
         if self._reads is not None:  # mean answer NLL of the time reads, per labelled token
             record["loss_read"] = self._read_acc[0] / self._read_acc[1] if self._read_acc[1] else None
             if self._read_grounding is not None:  # the reads' -log attention mass (both probes), per micro-batch
