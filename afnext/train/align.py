@@ -35,11 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from afnext.audio import TOKEN_SECONDS
-from afnext.model.llm import apply_rope
-from afnext.train.grounding import answer_spans
+from afnext.train.grounding import answer_spans, head_log_attention
 
 ALIGNED_TASKS = ("asr",)  # manifest ``task`` values whose answers are aligned
 PAD_S = 0.08  # seconds added on each side of a word's estimated window (2 audio tokens)
@@ -132,20 +130,9 @@ class AlignProbe:
 
     def __call__(self, module, args, output) -> None:
         x, cos, sin = args[0], args[1], args[2]
-        d = module.head_dim
-        heads = torch.tensor(self.heads, device=x.device)
-        kv_heads = heads // (module.heads // module.kv_heads)
         for queries, spans, word, start, shared in self.targets:
-            end = int(queries.max()) + 1
-            keys = torch.cat([torch.arange(shared), torch.arange(start, end)]).to(x.device)
-            q = module.q_proj(x[0, queries]).view(-1, module.heads, d)[:, heads].transpose(0, 1)  # (h, n, d)
-            k = module.k_proj(x[0, keys]).view(-1, module.kv_heads, d)[:, kv_heads].transpose(0, 1)
-            q = apply_rope(q[None], cos[:1, queries], sin[:1, queries])[0]
-            k = apply_rope(k[None], cos[:1, keys], sin[:1, keys])[0]
-            scores = (q.float() @ k.float().transpose(1, 2)) / math.sqrt(d)  # (h, n, keys)
-            keys = keys.to(scores.device)
-            scores = scores.masked_fill(keys[None, None, :] > queries[None, :, None].to(scores.device), float("-inf"))
-            log_p = F.log_softmax(scores, dim=-1)
+            keys = torch.cat([torch.arange(shared), torch.arange(start, int(queries.max()) + 1)]).to(x.device)
+            log_p = head_log_attention(module, x, cos, sin, self.heads, queries, keys)
             inside = (keys[None, :] >= spans[:, :1].to(keys.device)) & (keys[None, :] < spans[:, 1:].to(keys.device))
             mass = torch.logsumexp(log_p.masked_fill(~inside[None], float("-inf")), dim=-1)  # (h, n)
             per_query = -mass.mean(0)  # (n,)

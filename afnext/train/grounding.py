@@ -161,23 +161,30 @@ class GroundingProbe:
 
     def __call__(self, module, args, output) -> None:
         x, cos, sin = args[0], args[1], args[2]
-        d = module.head_dim
-        heads = torch.tensor(self.heads, device=x.device)
-        kv_heads = heads // (module.heads // module.kv_heads)  # grouped-query attention: each head's key head
         for queries, lo, hi, start, *row in self.targets:
-            r = row[0] if row else 0
-            rc = r if cos.shape[0] > 1 else 0  # positions shared by every row, or one set per row
-            end = int(queries.max()) + 1
-            q = module.q_proj(x[r, queries]).view(-1, module.heads, d)[:, heads].transpose(0, 1)  # (h, n, d)
-            k = module.k_proj(x[r, start:end]).view(-1, module.kv_heads, d)[:, kv_heads].transpose(0, 1)
-            q = apply_rope(q[None], cos[rc: rc + 1, queries], sin[rc: rc + 1, queries])[0]
-            k = apply_rope(k[None], cos[rc: rc + 1, start:end], sin[rc: rc + 1, start:end])[0]
-            scores = (q.float() @ k.float().transpose(1, 2)) / math.sqrt(d)  # (h, n, keys)
-            keys = torch.arange(start, end, device=scores.device)
-            scores = scores.masked_fill(keys[None, None, :] > queries[None, :, None].to(scores.device), float("-inf"))
-            log_p = F.log_softmax(scores, dim=-1)
+            keys = torch.arange(start, int(queries.max()) + 1, device=x.device)
+            log_p = head_log_attention(module, x, cos, sin, self.heads, queries, keys, row[0] if row else 0)
             mass = torch.logsumexp(log_p[..., lo - start: hi - start], dim=-1)
             self.losses.append(-mass.mean())
+
+
+def head_log_attention(module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: list[int],
+                       queries: torch.Tensor, keys: torch.Tensor, row: int = 0) -> torch.Tensor:
+    """log attention probabilities (h, n queries, len(keys)) of ``heads`` of ``module`` (an
+    ``afnext.model.llm.Attention``) from the positions ``queries`` of batch row ``row`` over the
+    positions ``keys`` only (ascending), causal, recomputed from the layer's input ``x`` and RoPE tables."""
+    d = module.head_dim
+    heads_t = torch.tensor(heads, device=x.device)
+    kv_heads = heads_t // (module.heads // module.kv_heads)  # grouped-query attention: each head's key head
+    rc = row if cos.shape[0] > 1 else 0  # positions shared by every row, or one set per row
+    q = module.q_proj(x[row, queries]).view(-1, module.heads, d)[:, heads_t].transpose(0, 1)  # (h, n, d)
+    k = module.k_proj(x[row, keys]).view(-1, module.kv_heads, d)[:, kv_heads].transpose(0, 1)
+    q = apply_rope(q[None], cos[rc: rc + 1, queries], sin[rc: rc + 1, queries])[0]
+    k = apply_rope(k[None], cos[rc: rc + 1, keys], sin[rc: rc + 1, keys])[0]
+    scores = (q.float() @ k.float().transpose(1, 2)) / math.sqrt(d)  # (h, n, keys)
+    keys = keys.to(scores.device)
+    scores = scores.masked_fill(keys[None, None, :] > queries[None, :, None].to(scores.device), float("-inf"))
+    return F.log_softmax(scores, dim=-1)
 
 
 @contextmanager
