@@ -137,7 +137,7 @@ EXPECTED = {
     "sound_class": ("sound", False, True), "sound_count": ("sound", False, False),
     "sound_order": ("temporal", False, False), "loudness_compare": ("sound", False, False),
     "duration_compare": ("temporal", False, False), "event_onset": ("temporal", False, False),
-    "event_onset_short": ("temporal", False, False),
+    "event_onset_short": ("temporal", False, False), "event_onset_dense": ("temporal", False, False),
     "event_span": ("temporal", False, False), "long_event_grounding": ("temporal", True, False),
     "music_tempo": ("music", False, False), "music_tempo_mc": ("music", False, True),
     "music_pitch": ("music", False, False), "music_pitch_mc": ("music", False, True),
@@ -178,7 +178,7 @@ def test_contract_and_determinism(name):
 # ----------------------------------------------------------------------------- events: onsets and counts
 
 EVENT_FAMILIES = ["sound_class", "sound_count", "sound_order", "loudness_compare", "duration_compare",
-                  "event_onset", "event_onset_short", "event_span", "think_temporal", "dense_caption", "multi_audio_compare"]
+                  "event_onset", "event_onset_short", "event_onset_dense", "event_span", "think_temporal", "dense_caption", "multi_audio_compare"]
 
 
 @pytest.mark.parametrize("name", EVENT_FAMILIES)
@@ -252,6 +252,11 @@ def test_grounding_answers_are_the_labels():
         assert 5.0 <= lab["duration_s"] <= 15.0 and 2 <= len(lab["events"]) <= 3
         assert it.conversations[1]["value"] == f"{lab['onset_s']:.1f}s"
         assert [e for e in lab["events"] if e["label"] == lab["target"]][0]["onset_s"] == lab["onset_s"]
+        assert len({e["label"] for e in lab["events"]}) == len(lab["events"])
+        it = make("event_onset_dense", i)
+        lab = it.extra["labels"]
+        assert 10.0 <= lab["duration_s"] <= 60.0 and 6 <= len(lab["events"]) <= 8
+        assert it.conversations[1]["value"] == f"{lab['onset_s']:.1f}s"
         assert len({e["label"] for e in lab["events"]}) == len(lab["events"])
         it = make("event_span", i)
         lab = it.extra["labels"]

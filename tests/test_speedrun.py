@@ -29,6 +29,7 @@ def toy(tmp_path_factory):
     mp.setattr(sr, "LONG_TRAIN", 1)
     mp.setattr(sr, "LONG_EVAL", 1)
     mp.setattr(sr, "LONG_DURATION_S", (40.0, 40.0))
+    mp.setattr(sr, "ONSET_DENSE_TRAIN", 2)
     out = tmp_path_factory.mktemp("speedrun")
     logs: list[str] = []
     summary = sr.run(out, rote=True, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append, onset=True)
@@ -71,7 +72,7 @@ def test_every_stage_runs_and_exports(toy):
     inits = [json.loads((run_dir / s / "config.json").read_text())["run"]["init"] for s in ran]
     assert inits == ["scratch"] + [str(run_dir / s) for s in ran[:-1]]
     assert summary["model"] == str(run_dir / "posttrain" / "final")
-    assert set(summary["seconds"]) == {"corpus", *ran, "eval", "eval_posttrain"}
+    assert set(summary["seconds"]) == {"corpus", *ran, "eval", "corpus_onset", "eval_posttrain"}
     # the recipe's export is scored before the post-training, and that score is kept
     within = summary["within_budget"]
     assert within["model"] == str(run_dir / "midtrain2" / "final") and within["total_s"] < summary["total_s"]
@@ -133,6 +134,30 @@ def test_registry_adds_every_event_conversations_on_the_onset_clips(toy):
             assert NOUN[a["label"]] in conv[2 * k]["value"] and conv[2 * k + 1]["value"] == f"{a['onset_s']:.1f}s"
 
 
+def test_onset_corpus_holds_dense_clips_asked_in_turn(toy):
+    """--onset builds event_onset_dense clips apart from the recipe's corpus, and the post-training reads
+    them through registry_onset.toml (the family registry plus event_onset_dense_all)."""
+    out, summary, logs, _ = toy
+    data = out / "data"
+    rows = [json.loads(line) for line in (data / "onset_dense" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["family"] == "event_onset_dense" and 6 <= len(r["labels"]["events"]) <= 8
+                                  for r in rows)
+    assert "event_onset_dense" not in (data / "train.jsonl").read_text()  # the recipe's corpus is unchanged
+    multis = [json.loads(line) for line in
+              (data / "onset_dense" / "families" / "event_onset_dense_all.jsonl").read_text().splitlines()]
+    assert [m["sound"] for m in multis] == [r["sound"] for r in rows]
+    for row, multi in zip(rows, multis):
+        assert multi["family"] == "event_onset_dense_all" and multi["task"] == "event_onset_all"
+        assert len(multi["labels"]["asked"]) == len(row["labels"]["events"]) == len(multi["conversations"]) // 2
+        assert (data / "onset_dense" / multi["sound"]).is_file()
+    registry = (data / "registry_onset.toml").read_text()
+    assert registry.startswith((data / "registry_families.toml").read_text())
+    assert '[datasets.event_onset_dense_all]\nmanifest = "onset_dense/families/event_onset_dense_all.jsonl"' in registry
+    post = json.loads((out / "rote" / "posttrain" / "config.json").read_text())["data"]
+    assert post["registry"] == str(data / "registry_onset.toml") and "event_onset_dense_all" in post["mixture"]
+    assert any(line.startswith("onset corpus: 2 event_onset_dense clips") for line in logs)
+
+
 def test_ask_every_onset_rejects_rows_it_cannot_ask():
     import random
 
@@ -183,7 +208,7 @@ def test_corpus_is_reused_and_no_rote_trains_the_af3_layout(toy):
     # a 1-second budget: stage 0b falls to its floor, half its (scaled) steps, and says so
     other = sr.run(out, rote=False, steps_scale=0.004, overrides=SMALL, progress=False, log=logs.append, budget_s=1.0,
                    onset=True)
-    assert f"corpus: reusing {out / 'data'}" in logs
+    assert f"corpus: reusing {out / 'data'}" in logs and f"onset corpus: reusing {out / 'data' / 'onset_dense'}" in logs
     configured = round(2650 * 0.004)
     assert summary["stage0_steps"] == configured  # 30 min is plenty at toy scale
     assert other["stage0_steps"] == (configured + 1) // 2 and other["budget_s"] == 1.0
@@ -203,14 +228,14 @@ def test_corpus_is_reused_and_no_rote_trains_the_af3_layout(toy):
 
 
 def test_stage0_steps_fit_the_budget():
-    fast = dict(elapsed_s=120.0, encoder_s=200.0, encoder_steps=500, budget_s=1800.0)
-    assert sr.fit_stage0_steps(2650, **fast) == 2650  # the 2026-12-04 machine: all of them
-    slow = dict(elapsed_s=450.0, encoder_s=280.0, encoder_steps=500, budget_s=1800.0)
+    fast = dict(elapsed_s=120.0, encoder_s=150.0, encoder_steps=500, budget_s=1800.0)
+    assert sr.fit_stage0_steps(2650, **fast) == 2650  # a fast machine: all of them
+    slow = dict(elapsed_s=300.0, encoder_s=280.0, encoder_steps=500, budget_s=1800.0)
     step_s = sr.STAGE0_PER_ENCODER_STEP * 280.0 / 500
-    left = 1800.0 - sr.BUDGET_MARGIN_S - 450.0 - sr.AFTER_STAGE0_PER_ENCODER_S * 280.0
+    left = 1800.0 - sr.BUDGET_MARGIN_S - 300.0 - sr.AFTER_STAGE0_PER_ENCODER_S * 280.0
     assert sr.fit_stage0_steps(2650, **slow) == int(left // step_s) < 2650
     # the predicted total stays inside the budget
-    assert 450.0 + sr.fit_stage0_steps(2650, **slow) * step_s + sr.AFTER_STAGE0_PER_ENCODER_S * 280.0 <= 1800.0
+    assert 300.0 + sr.fit_stage0_steps(2650, **slow) * step_s + sr.AFTER_STAGE0_PER_ENCODER_S * 280.0 <= 1800.0
     assert sr.fit_stage0_steps(2650, **{**slow, "elapsed_s": 5000.0}) == 1325  # the floor, not zero
     assert sr.fit_stage0_steps(2650, **{**slow, "encoder_steps": 0}) == 2650  # nothing measured: no change
     # an added stage's predicted seconds come off stage 0b's share

@@ -28,7 +28,7 @@ from afnext.think import extract_evidence
 
 ASR_FAMILIES = ("asr_digits", "asr_words", "asr_commands")
 ONSET_FAMILY = "event_onset"  # the headline onset figure (10-60 s clips)
-ONSET_FAMILIES = (ONSET_FAMILY, "event_onset_short")  # scored by onset error
+ONSET_FAMILIES = (ONSET_FAMILY, "event_onset_short", "event_onset_dense")  # scored by onset error
 
 
 def predicted_onset(text: str) -> float | None:

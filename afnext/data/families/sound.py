@@ -439,10 +439,21 @@ def event_onset(rng: np.random.Generator, index: int) -> Item:
     return _onset_item(rng, "event_onset", _grounding_scene(rng))
 
 
+DENSE_EVENTS = (6, 8)  # events per event_onset_dense clip (of the eight classes, each at most once)
+
+
+@family("event_onset_dense", skill="temporal")
+def event_onset_dense(rng: np.random.Generator, index: int) -> Item:
+    """event_onset on the same 10-60-s clips with 6-8 events instead of 2-5: asked every event in turn
+    (``ask_every_onset``), one encoding teaches ~7 onset answers instead of ~3.5. On the nano model the
+    audio is what a long clip costs, so answers per second of encoded audio double."""
+    return _onset_item(rng, "event_onset_dense", _grounding_scene(rng, events=DENSE_EVENTS))
+
+
 def ask_every_onset(row: dict, rng) -> dict:
     """An ``event_onset`` manifest row turned into one conversation asking the onset of each of its
-    events in turn (random order), family and task ``event_onset_all``, ``labels.asked`` listing the
-    asked events in answer order. The same clip then teaches 2-5 answers for one encoding: on the
+    events in turn (random order), task ``event_onset_all`` and family ``<family>_all`` (``event_onset_all``
+    for ``event_onset`` rows), ``labels.asked`` listing the asked events in answer order. The same clip then teaches 2-5 answers for one encoding: on the
     nano model a 10-60-s clip costs ~15x a short transcription sample, the questions almost nothing.
     ``rng``: a ``random.Random``."""
     events = [e for e in (row.get("labels") or {}).get("events") or [] if e.get("label") in NOUN]
@@ -456,7 +467,7 @@ def ask_every_onset(row: dict, rng) -> dict:
         conversations += [{"from": "human", "value": ("<sound>\n" if k == 0 else "") + question},
                           {"from": "gpt", "value": _fmt(e["onset_s"])}]
     labels = dict(row["labels"], asked=[{"label": e["label"], "onset_s": e["onset_s"]} for e in events])
-    return dict(row, id=f"{row['id']}/all", family="event_onset_all", task="event_onset_all",
+    return dict(row, id=f"{row['id']}/all", family=f"{row.get('family', 'event_onset')}_all", task="event_onset_all",
                 conversations=conversations, labels=labels)
 
 
