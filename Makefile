@@ -32,7 +32,7 @@ speedrun: $(STAMP)
 speedrun-ablation: $(STAMP)
 	$(BIN)/afnext speedrun --ablation
 
-speedrun-onset: $(STAMP)  # the speedrun, then onset post-training and its figures (~50 min on 2 cores here)
+speedrun-onset: $(STAMP)  # the speedrun, then onset post-training and its figures (~46 min on 2 cores here)
 	$(BIN)/afnext speedrun --onset
 
 test-all: $(STAMP)

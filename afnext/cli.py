@@ -357,7 +357,7 @@ def speedrun(
     stage0_steps: Annotated[Optional[int], typer.Option("--stage0-steps", help="Stage 0b steps, overriding the config "
                                                         "and the budget (to repeat a run made on another machine)")] = None,
     onset: Annotated[bool, typer.Option("--onset", help="After the scored recipe, onset post-training (configs/nano/"
-                                        "posttrain.toml, 600 steps: ~20 min more on 2 cores), scored again")] = False,
+                                        "posttrain.toml, 450 steps: ~16 min more on 2 cores), scored again")] = False,
 ) -> None:
     """Train a nano AF-Next from nothing on synthetic audio (corpus, tokenizer, stage 0 + 4 stages), then evaluate it."""
     from afnext import speedrun as sr
