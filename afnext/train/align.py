@@ -160,13 +160,3 @@ def align_targets(aligns: list[list[WordAlign]], bounds: list[int], flat: torch.
         if queries:
             targets.append((torch.cat(queries), torch.cat(spans), torch.cat(word), start, shared))
     return targets
-
-
-@contextmanager
-def probe_alignment(attention: torch.nn.Module, probe: AlignProbe):
-    """Run ``probe`` on every forward of ``attention`` (an ``afnext.model.llm.Attention``) inside the block."""
-    handle = attention.register_forward_hook(probe)
-    try:
-        yield probe
-    finally:
-        handle.remove()

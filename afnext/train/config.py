@@ -187,6 +187,18 @@ class TrainConfig:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
+    def _check_probe_weight(self, source: str, key: str) -> None:
+        """An aid whose probe re-reads one attention module's inputs (grounding, alignment): a finite weight
+        >= 0, and, when on, the whole sequence in one process and the module's forward run once."""
+        w = getattr(self.optim, key)
+        if not (math.isfinite(w) and w >= 0):
+            raise TrainConfigError(f"{source}: optim.{key} must be a finite number >= 0, got {w!r}")
+        if w and self.system.sp_ulysses * self.system.sp_ring > 1:
+            raise TrainConfigError(f"{source}: optim.{key} is not supported with sequence parallelism "
+                                   f"(sp_ulysses x sp_ring > 1)")
+        if w and self.system.activation_checkpointing:
+            raise TrainConfigError(f"{source}: optim.{key} is not supported with system.activation_checkpointing")
+
     def validate(self, source: str = "config") -> None:
         o = self.optim
         for name in GROUPS:
@@ -230,13 +242,7 @@ class TrainConfig:
         if self.optim.loss_norm == "sample" and self.system.sp_ulysses * self.system.sp_ring > 1:
             raise TrainConfigError(f"{source}: optim.loss_norm = 'sample' is not supported with sequence parallelism "
                                    f"(sp_ulysses x sp_ring > 1); use 'token'")
-        if not (math.isfinite(o.grounding_weight) and o.grounding_weight >= 0):
-            raise TrainConfigError(f"{source}: optim.grounding_weight must be a finite number >= 0, got {o.grounding_weight!r}")
-        if o.grounding_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
-            raise TrainConfigError(f"{source}: optim.grounding_weight is not supported with sequence parallelism "
-                                   f"(sp_ulysses x sp_ring > 1)")
-        if o.grounding_weight and self.system.activation_checkpointing:
-            raise TrainConfigError(f"{source}: optim.grounding_weight is not supported with system.activation_checkpointing")
+        self._check_probe_weight(source, "grounding_weight")
         if o.grounding_mode not in ("answer", "word"):
             raise TrainConfigError(f"{source}: optim.grounding_mode must be 'answer' or 'word', got {o.grounding_mode!r}")
         if o.grounding_weight and o.grounding_mode == "word" and o.grounding_label_layer < 0:
@@ -252,13 +258,7 @@ class TrainConfig:
         if o.time_head_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
             raise TrainConfigError(f"{source}: optim.time_head_weight is not supported with sequence parallelism "
                                    f"(sp_ulysses x sp_ring > 1)")
-        if not (math.isfinite(o.align_weight) and o.align_weight >= 0):
-            raise TrainConfigError(f"{source}: optim.align_weight must be a finite number >= 0, got {o.align_weight!r}")
-        if o.align_weight and self.system.sp_ulysses * self.system.sp_ring > 1:
-            raise TrainConfigError(f"{source}: optim.align_weight is not supported with sequence parallelism "
-                                   f"(sp_ulysses x sp_ring > 1)")
-        if o.align_weight and self.system.activation_checkpointing:
-            raise TrainConfigError(f"{source}: optim.align_weight is not supported with system.activation_checkpointing")
+        self._check_probe_weight(source, "align_weight")
         if o.read_batch < 0:
             raise TrainConfigError(f"{source}: optim.read_batch must be >= 0, got {o.read_batch!r}")
         if not (math.isfinite(o.read_weight) and o.read_weight >= 0):

@@ -188,8 +188,9 @@ def head_log_attention(module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 
 
 @contextmanager
-def probe_attention(attention: torch.nn.Module, probe: GroundingProbe):
-    """Run ``probe`` on every forward of ``attention`` (an ``afnext.model.llm.Attention``) inside the block."""
+def probe_attention(attention: torch.nn.Module, probe):
+    """Run ``probe`` (a forward hook: ``GroundingProbe``, ``afnext.train.align.AlignProbe``) on every forward
+    of ``attention`` (an ``afnext.model.llm.Attention``) inside the block."""
     handle = attention.register_forward_hook(probe)
     try:
         yield probe

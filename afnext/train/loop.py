@@ -45,7 +45,7 @@ from afnext.model.attention import use_backend
 from afnext.processor import Processor
 from afnext.tokenizer import TextTokenizer
 from afnext.train import state as ckpt
-from afnext.train.align import AlignProbe, align_sample, align_targets, probe_alignment
+from afnext.train.align import AlignProbe, align_sample, align_targets
 from afnext.train.config import TrainConfig
 from afnext.train.export import export_state, write_meta
 from afnext.train.grounding import GroundingProbe, asked_events, ground_sample, probe_attention
@@ -412,7 +412,7 @@ class Trainer:
             for attn, probe in probes:
                 hooks.enter_context(probe_attention(attn, probe))
             if align is not None:
-                hooks.enter_context(probe_alignment(self._align_attn, align))
+                hooks.enter_context(probe_attention(self._align_attn, align))
             if word_times is not None:
                 layer = self.model.llm.layers[self.cfg.optim.grounding_label_layer]
                 handle = layer.register_forward_hook(lambda m, a, o: word_hidden.append(o[0, word_times[0]]))

@@ -453,8 +453,9 @@ def event_onset_dense(rng: np.random.Generator, index: int) -> Item:
 def ask_every_onset(row: dict, rng) -> dict:
     """An ``event_onset`` manifest row turned into one conversation asking the onset of each of its
     events in turn (random order), task ``event_onset_all`` and family ``<family>_all`` (``event_onset_all``
-    for ``event_onset`` rows), ``labels.asked`` listing the asked events in answer order. The same clip then teaches 2-5 answers for one encoding: on the
-    nano model a 10-60-s clip costs ~15x a short transcription sample, the questions almost nothing.
+    for ``event_onset`` rows), ``labels.asked`` listing the asked events in answer order. The same clip
+    then teaches one answer per event for one encoding: on the nano model a 10-60-s clip costs ~15x a
+    short transcription sample, the questions almost nothing.
     ``rng``: a ``random.Random``."""
     events = [e for e in (row.get("labels") or {}).get("events") or [] if e.get("label") in NOUN]
     if row.get("task") != "event_onset" or not events:
