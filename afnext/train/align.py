@@ -31,7 +31,6 @@ the layer's own input and weights: the model code knows nothing of it.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch

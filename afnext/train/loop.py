@@ -22,7 +22,6 @@ Stage 0 ("scratch"): a nano model is built from [model] with random weights and 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
