@@ -15,6 +15,15 @@ different float32 rounding order would move cos/sin by ~1e-3.
 
 Window indices restart at 0 for each audio; `window_index_per_row` recovers them from the runs of
 audio placeholder tokens in the prompt, which is the only information the reference uses.
+
+What the code tells apart, and what it does not. The time-axis angle of token t is proportional to
+t * tau, so tokens of different windows whose t * tau agree carry the *same* time-axis rotation: token
+500 of window 0 (20.0 s) and token 250 of window 1 (40.0 s) both have t * tau = 10,000 token-seconds.
+Only the window axis tells them apart, and it turns by window_index * tau / theta * 2 pi * inv_freq,
+at most 0.21 rad for a 40-s token. A model must therefore read the window from a small rotation of
+256 dims. The nano model trained on this machine does so imperfectly: of one post-trained model's 19
+onset answers off by more than 2 s (of 50), 3 landed within 1.5 s of the window-0 alias of a window-1
+onset (20.0 s answered for 40.5 s, whose alias is 20.6 s). tests/test_rote.py pins the aliasing.
 """
 
 from __future__ import annotations
