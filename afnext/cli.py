@@ -331,6 +331,24 @@ def export(
 
 
 @app.command()
+def interpolate(
+    base: Annotated[Path, typer.Argument(help="The export the weights start from (weight 0)")],
+    tuned: Annotated[Path, typer.Argument(help="An export of the same model trained further (weight 1)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the merged HF-format checkpoint")],
+    weight: Annotated[float, typer.Option("--weight", "-w", help="Share of the way from BASE to TUNED")] = 0.5,
+) -> None:
+    """Interpolate two exports' weights (WiSE-FT): OUT = BASE + WEIGHT x (TUNED - BASE)."""
+    from afnext.train.merge import MergeError, interpolate as interpolate_exports
+
+    try:
+        path = interpolate_exports(base, tuned, out, weight)
+    except (MergeError,) + _user_errors() as exc:
+        _fail(str(exc))
+        return
+    err.print(f"wrote {path} (weight {weight:g} toward {tuned})", soft_wrap=True, highlight=False)
+
+
+@app.command()
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory (holds metrics.jsonl)")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path [default: RUN_DIR/curves.png]")] = None,

@@ -2,6 +2,7 @@
 micro synthetic corpus with a tiny random checkpoint (CPU)."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -149,6 +150,24 @@ def test_eval_synthetic_cli_answer_nll(tiny_dirs, micro_eval, tmp_path):
         assert entry["answer_nll"] > 0 and entry["answer_nll_train"] > 0, family
         assert f"answer NLL {entry['answer_nll']:.3f} (training items {entry['answer_nll_train']:.3f})" in r.output
     assert report["nll_train_manifest"].endswith("train.jsonl")
+
+
+def test_eval_synthetic_reports_the_mbr_reading(tiny_dirs, micro_eval, tmp_path):
+    out_json, preds = tmp_path / "rep.json", tmp_path / "preds.jsonl"
+    r = CliRunner().invoke(_cli(), ["eval", "synthetic", "--model", str(tiny_dirs["afnext"]), "--data", str(micro_eval),
+                                    "--limit-per-family", "2", "--max-new-tokens", "4", "--device", "cpu", "--onset-mbr",
+                                    "--json", str(out_json), "--predictions", str(preds)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out_json.read_text())
+    h = rep["headline"]["onset_median_error_s_mbr"]
+    assert h["chance"] == rep["headline"]["onset_median_error_s"]["chance"]
+    assert f"the same, MBR reading    {h['value']:.2f} s" in r.output
+    rows = [json.loads(x) for x in preds.read_text().splitlines()]
+    onset = [x for x in rows if x["family"] == "event_onset"]
+    assert len(onset) == h["n"] >= 1 and all("mbr_onset_s" in x for x in onset)
+    assert not any("mbr_onset_s" in x for x in rows if x["family"] != "event_onset")
+    errors = [abs(x["mbr_onset_s"] - float(x["reference"].rstrip("s"))) for x in onset]
+    assert h["value"] == pytest.approx(statistics.median(errors))
 
 
 def test_eval_synthetic_cli_errors(tiny_dirs, tmp_path):

@@ -221,6 +221,8 @@ def synthetic_cmd(
     nll_train: Annotated[Optional[int], typer.Option(
         "--nll-train", help="Also the answer loss on the first N training items per family (train.jsonl beside "
                             "eval.jsonl): far below the held-out loss means memorised clips")] = None,
+    onset_mbr: Annotated[bool, typer.Option("--onset-mbr", help="Also the onset figure with each answer read as the "
+                                            "median of the model's distribution over timestamps (MBR)")] = False,
 ) -> None:
     """Score a checkpoint on the synthetic corpus's held-out items: headline figures beside chance, per family."""
     from afnext.eval.benchmarks.synthetic import resolve_manifest
@@ -251,7 +253,8 @@ def synthetic_cmd(
     try:
         report = evaluate_synthetic(model, manifest, limit_per_family=limit_per_family, batch_size=batch_size,
                                     max_new_tokens=max_new_tokens, device=device, predictions_out=predictions_out,
-                                    nll=nll, nll_train=(train_manifest, nll_train) if nll_train is not None else None)
+                                    nll=nll, nll_train=(train_manifest, nll_train) if nll_train is not None else None,
+                                    onset_mbr=onset_mbr)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"{report['items']} item(s) from {manifest} in {report['seconds']:.1f} s")
