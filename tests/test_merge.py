@@ -67,6 +67,31 @@ def test_merged_export_loads_and_runs_like_the_interpolated_weights(pair, tmp_pa
     assert not torch.allclose(lm, la, atol=1e-2)
 
 
+def _tied(path, seed):
+    """A tiny checkpoint whose lm_head shares the embedding matrix (stored once, as the converter does)."""
+    from safetensors.torch import save_file
+
+    path = make_tiny_checkpoint(path, seed=seed)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["text_config"]["tie_word_embeddings"] = True
+    (path / "config.json").write_text(json.dumps(cfg))
+    w = {k: v for k, v in _weights(path).items() if not k.endswith("lm_head.weight")}
+    assert len(w) == len(_weights(path)) - 1
+    save_file(w, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+def test_tied_embeddings_move_once(tmp_path):
+    from afnext import AFNext
+
+    base, tuned = _tied(tmp_path / "a", 1), _tied(tmp_path / "b", 2)
+    out = interpolate(base, tuned, tmp_path / "m", 0.5)
+    a, b, m = (AFNext.from_pretrained(d, dtype=torch.float32) for d in (base, tuned, out))
+    want = 0.5 * (a.llm.embed_tokens.weight + b.llm.embed_tokens.weight)
+    assert m.config.llm.tie_word_embeddings and m.lm_head.weight is m.llm.embed_tokens.weight
+    assert torch.allclose(m.llm.embed_tokens.weight, want, atol=1e-6, rtol=0)
+
+
 def test_refuses_what_cannot_be_merged(pair, tmp_path, tiny_dirs):
     base, tuned = pair
     with pytest.raises(MergeError, match="are different models \\(config.json differs in: "):

@@ -58,20 +58,25 @@ def load_items(manifest: str | Path, *, limit_per_family: int | None = None) -> 
     return [r for fam in sorted(by_family) for r in by_family[fam]]
 
 
-def generate_answers(model, processor, records, *, batch_size: int = 16, max_new_tokens: int = 48) -> list[str]:
+def _prompt(processor, record) -> tuple[str, list]:
+    """A held-out item's question as the model sees it (chat template applied) and its decoded audio."""
     from afnext.audio import load_audio
 
+    turns, order = conversations_to_sound_tokens(record.conversations, len(record.sounds))
+    text = processor.apply_chat_template([{"role": "user", "content": turns[0]["value"]}], tokenize=False)
+    return text, [load_audio(record.sounds[i]) for i in order]
+
+
+def generate_answers(model, processor, records, *, batch_size: int = 16, max_new_tokens: int = 48) -> list[str]:
     engine = Engine(model, processor.tokenizer)
     cfg = GenerationConfig.from_model(model, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0)
     out: list[str] = []
     for lo in range(0, len(records), batch_size):
-        chunk = records[lo: lo + batch_size]
         texts, waves = [], []
-        for r in chunk:
-            turns, order = conversations_to_sound_tokens(r.conversations, len(r.sounds))
-            human = turns[0]["value"]
-            texts.append(processor.apply_chat_template([{"role": "user", "content": human}], tokenize=False))
-            waves += [load_audio(r.sounds[i]) for i in order]
+        for r in records[lo: lo + batch_size]:
+            text, audio = _prompt(processor, r)
+            texts.append(text)
+            waves += audio
         inputs = processor(texts, audio=waves or None)
         out += [res.text or "" for res in engine.generate(inputs, cfg)]
     return out
@@ -80,14 +85,12 @@ def generate_answers(model, processor, records, *, batch_size: int = 16, max_new
 def mbr_onsets(model, processor, records) -> list[float]:
     """Each onset question's MBR answer: the median of the model's distribution over 0.1-s timestamps
     from 0 to the clip's length (``afnext.eval.timestamp_mbr``)."""
-    from afnext.audio import SAMPLE_RATE, load_audio
+    from afnext.audio import SAMPLE_RATE
     from afnext.eval.timestamp_mbr import median_timestamp
 
     out = []
     for r in records:
-        turns, order = conversations_to_sound_tokens(r.conversations, len(r.sounds))
-        text = processor.apply_chat_template([{"role": "user", "content": turns[0]["value"]}], tokenize=False)
-        waves = [load_audio(r.sounds[i]) for i in order]
+        text, waves = _prompt(processor, r)
         inputs = processor([text], audio=waves)
         out.append(median_timestamp(model, processor.tokenizer, inputs, sum(len(w) for w in waves) / SAMPLE_RATE))
     return out
