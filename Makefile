@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-all speedrun speedrun-ablation speedrun-onset clean
+.PHONY: install demo test test-all speedrun speedrun-ablation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,8 +32,6 @@ speedrun: $(STAMP)
 speedrun-ablation: $(STAMP)
 	$(BIN)/afnext speedrun --ablation
 
-speedrun-onset: $(STAMP)  # the speedrun, then onset post-training and its figures (~46 min on 2 cores here)
-	$(BIN)/afnext speedrun --onset
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"

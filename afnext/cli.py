@@ -374,10 +374,9 @@ def speedrun(
                                               "machine stage 0b runs fewer steps to end within it; 0: all its steps")] = 30.0,
     stage0_steps: Annotated[Optional[int], typer.Option("--stage0-steps", help="Stage 0b steps, overriding the config "
                                                         "and the budget (to repeat a run made on another machine)")] = None,
-    onset: Annotated[bool, typer.Option("--onset", help="After the scored recipe, onset post-training (configs/nano/"
-                                        "posttrain.toml, 450 steps: ~16 min more on 2 cores), scored again")] = False,
 ) -> None:
-    """Train a nano AF-Next from nothing on synthetic audio (corpus, tokenizer, stage 0 + 4 stages), then evaluate it."""
+    """Train a nano AF-Next from nothing on synthetic audio (corpus, tokenizer, stage 0, 4 stages, onset
+    post-training), then evaluate it."""
     from afnext import speedrun as sr
     from afnext.train.config import TrainConfigError
     from afnext.train.loop import TrainError
@@ -394,10 +393,12 @@ def speedrun(
     try:
         results = {}
         for r in ([True, False] if ablation else [rote]):
-            # the ablation's second run takes the first's stage 0b steps, so the two differ only in RoTE
-            steps = stage0_steps if not results else next(iter(results.values()))["stage0_steps"]
+            # the ablation's second run takes the first's stage 0b and post-training steps, so the two
+            # differ only in RoTE
+            first = next(iter(results.values()), None)
             results[r] = sr.run(out, rote=r, progress=not quiet, log=log, budget_s=budget_min * 60 or None,
-                                stage0_steps=steps, onset=onset)
+                                stage0_steps=first["stage0_steps"] if first else stage0_steps,
+                                post_steps=first["post_steps"] if first else None)
     except (TrainConfigError, TrainError) + _user_errors() as exc:
         _fail(str(exc))
         return

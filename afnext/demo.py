@@ -1,11 +1,10 @@
 """`python -m afnext.demo` (`make demo`): the nano AF-Next answers questions about example clips.
 
 The model is, in order of preference: ``examples/nano-afnext`` (a shipped nano checkpoint), the
-export of your last ``make speedrun-onset`` or ``make speedrun`` (``runs/speedrun/rote/posttrain/final``,
-``runs/speedrun/rote/midtrain2/final``), or else a tiny random
+export of your last ``make speedrun`` (``runs/speedrun/rote/posttrain/final``; a run directory from before
+the post-training joined the recipe has only ``runs/speedrun/rote/midtrain2/final``), or else a tiny random
 checkpoint (answers are noise; the code path is the real one). The shipped checkpoint is the export of
-the speedrun measured in the README followed by its onset post-training (``afnext speedrun --onset``;
-8.8 MB): held out, it answers the multiple-choice questions at 94 %, transcribes with 7.5 % WER and
+an earlier speedrun followed by a 2,400-step onset post-training (see the README; 8.8 MB): held out, it answers the multiple-choice questions at 94 %, transcribes with 7.5 % WER and
 places event onsets in 10-60-s clips within 0.35 s (median). The clips in ``examples/clips`` are
 held-out items of the speedrun corpus: two events whose start times are asked (the answers are
 timestamps, one in a clip's second 30-s window), spoken digits, a spoken language, a sound. Each goes through the real command,
@@ -32,7 +31,7 @@ def model_dir() -> tuple[Path, str]:
         return NANO_MODEL, "the shipped nano model"
     for trained in SPEEDRUN_MODELS:
         if (trained / "config.json").is_file():
-            return trained, f"the nano model of your last `make speedrun{'-onset' if trained.parent.name == 'posttrain' else ''}`"
+            return trained, f"the nano model of your last `make speedrun` ({trained.parent.name})"
     from afnext.testing import make_tiny_checkpoint
 
     tiny = Path("runs/demo/tiny-afnext")

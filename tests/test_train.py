@@ -513,7 +513,7 @@ def test_shipped_configs_load(name):
     from afnext import speedrun as sr
     from afnext.train.config import TrainConfig
 
-    assert {f"configs/nano/{s}.toml" for s in sr.stages(onset=True)} <= set(SHIPPED_CONFIGS)  # the glob found them
+    assert {f"configs/nano/{s}.toml" for s in sr.STAGES} <= set(SHIPPED_CONFIGS)  # the glob found them
     cfg = TrainConfig.load(REPO / name)
     assert cfg.optim.max_steps >= 1
     if name.startswith("configs/"):
