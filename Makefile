@@ -32,7 +32,6 @@ speedrun: $(STAMP)
 speedrun-ablation: $(STAMP)
 	$(BIN)/afnext speedrun --ablation
 
-
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
