@@ -311,7 +311,7 @@ def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, 
     from afnext.train.config import TrainConfig
     from afnext.train.loop import Trainer
 
-    forced = dict(forced or {})
+    forced = forced or {}
     plan = BudgetPlan(budget_s, started if started is not None else time.perf_counter())
     names = STAGES if names is None else names
 
@@ -354,7 +354,7 @@ def train_stages(run_dir: Path, registry: Path, tokenizer: Path, *, rote: bool, 
                     f"ran {cfg.optim.max_steps}")
         steps[stage] = cfg.optim.max_steps
         if stage == "stage0_encoder":
-            plan.encoder_s, plan.encoder_steps = time.perf_counter() - t0, steps[stage]
+            plan.encoder_s, plan.encoder_steps = timer.seconds[stage], steps[stage]
         trains = "encoder + tagging/CTC heads" if cfg.run.objective == "encoder" else \
             ", ".join(f"{g} {p}" for g, p in cfg.optim.freeze.items())
         log(f"{stage}: {cfg.optim.max_steps} steps ({trains}), audio <= {cfg.data.max_audio_s:g} s "
